@@ -1,0 +1,3 @@
+//! Subcommands of the `pgveil` binary that are more than a call into the library.
+
+pub mod keys;

@@ -1,0 +1,779 @@
+//! `proxy.toml`: the DBA's contract with pgveil.
+//!
+//! Every section rejects unknown keys, so a typo (`adress`) is an error that
+//! names the key and its line instead of a silently ignored setting. Checks
+//! that span several keys (one type per key domain, no column configured
+//! twice) run after parsing and still name the offending line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Errors from loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path that was tried.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key, or a value of the wrong shape.
+    /// toml's message already names the line, the column and the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Path of the file.
+        path: String,
+        /// toml's rendering, which includes line and key.
+        message: String,
+    },
+    /// A semantic error found after parsing.
+    #[error("{path}: line {line}: {key}: {message}")]
+    Invalid {
+        /// Path of the file.
+        path: String,
+        /// 1-based line of the offending key.
+        line: usize,
+        /// Dotted key, such as `encrypt[2].type`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Default `listen.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// PostgreSQL's own limit on any message (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB).
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1 << 30;
+/// Frames pgveil must hold whole to inspect or rewrite are capped lower:
+/// this much memory per client is the worst case an attacker can force.
+pub const DEFAULT_MAX_INSPECTED_FRAME_BYTES: u32 = 64 << 20;
+
+/// The whole `proxy.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[listen]`: where clients connect.
+    pub listen: Listen,
+    /// `[upstream]`: the PostgreSQL server.
+    pub upstream: Upstream,
+    /// `[keys]`: where the master key comes from.
+    #[serde(default)]
+    pub keys: Option<Keys>,
+    /// `[metrics]`: HTTP endpoint for Prometheus and health checks.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: Log,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// `[limits]`: protocol size limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `[auth]`: how client authentication is handled.
+    #[serde(default)]
+    pub auth: Auth,
+    /// `[[encrypt]]`: the configured columns.
+    #[serde(default)]
+    pub encrypt: Vec<EncryptColumn>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `host:port` to bind.
+    pub address: Spanned<String>,
+    /// Clients served at once; one more gets PostgreSQL's 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// `[listen.tls]`.
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+}
+
+/// `[listen.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse clients that do not negotiate TLS.
+    #[serde(default)]
+    pub required: bool,
+    /// PEM CA bundle for client certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` of PostgreSQL; DNS names allowed.
+    pub address: Spanned<String>,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// `[upstream.tls]`.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// libpq `sslmode`; `verify-full` when the section is present.
+    #[serde(default)]
+    pub mode: Option<UpstreamTlsMode>,
+    /// PEM CA bundle to verify the server.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name to verify; default the host in `upstream.address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when offered, else plaintext (logged).
+    Prefer,
+    /// TLS, no verification.
+    Require,
+    /// TLS, chain verified.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+/// `[keys]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// Environment variable holding the base64 master key.
+    #[serde(default)]
+    pub master_key_env: Option<String>,
+    /// File holding the base64 master key.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    /// Key check value printed by `pgveil keygen`.
+    #[serde(default)]
+    pub check: Option<String>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only where the key lives is printed, never anything derived from it.
+        f.debug_struct("Keys")
+            .field("master_key_env", &self.master_key_env)
+            .field("master_key_file", &self.master_key_file)
+            .field("check", &self.check.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// `host:port` of the HTTP endpoint.
+    pub address: Spanned<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `tracing` filter directive; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// What to do with a statement pgveil cannot prove safe.
+    #[serde(default)]
+    pub on_unsupported: OnUnsupported,
+}
+
+/// `policy.on_unsupported`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnsupported {
+    /// Refuse with SQLSTATE 0A000 (the default, and the only safe choice).
+    #[default]
+    Reject,
+    /// Forward statements that touch no configured table; never those that do.
+    Passthrough,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message pgveil holds whole to inspect or rewrite.
+    #[serde(default = "default_max_inspected")]
+    pub max_inspected_frame_bytes: u32,
+    /// Largest message of any kind (streamed, never held whole).
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+    /// A client that has not sent its startup packet by then is dropped.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+    /// On SIGTERM, how long open sessions may finish before they are closed.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inspected_frame_bytes: default_max_inspected(),
+            max_frame_bytes: default_max_frame(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// How authentication crosses pgveil.
+    #[serde(default)]
+    pub mode: AuthMode,
+}
+
+/// `auth.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Client and PostgreSQL authenticate each other end to end.
+    #[default]
+    Passthrough,
+}
+
+/// One `[[encrypt]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptColumn {
+    /// `table` or `schema.table`.
+    pub table: Spanned<String>,
+    /// Column name.
+    pub column: String,
+    /// The type the application sees.
+    #[serde(default, rename = "type")]
+    pub value_type: ValueType,
+    /// Key domain; default `schema.table.column`.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Storage encoding, normally learned from the database.
+    #[serde(default)]
+    pub storage: Option<Storage>,
+}
+
+/// Types an encrypted column may present to the application.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    /// `text`.
+    #[default]
+    Text,
+    /// `varchar`.
+    Varchar,
+    /// `int2`.
+    Int2,
+    /// `int4`.
+    Int4,
+    /// `int8`.
+    Int8,
+    /// `bool`.
+    Bool,
+    /// `uuid`.
+    Uuid,
+    /// `date`.
+    Date,
+    /// `timestamp`.
+    Timestamp,
+    /// `timestamptz`.
+    Timestamptz,
+    /// `numeric`.
+    Numeric,
+}
+
+impl ValueType {
+    /// Name as written in `proxy.toml` and SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Text => "text",
+            ValueType::Varchar => "varchar",
+            ValueType::Int2 => "int2",
+            ValueType::Int4 => "int4",
+            ValueType::Int8 => "int8",
+            ValueType::Bool => "bool",
+            ValueType::Uuid => "uuid",
+            ValueType::Date => "date",
+            ValueType::Timestamp => "timestamp",
+            ValueType::Timestamptz => "timestamptz",
+            ValueType::Numeric => "numeric",
+        }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How ciphertext is stored in the database column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Raw envelope in a `bytea` column.
+    Bytea,
+    /// Prefixed base64 envelope in a `text`/`varchar` column.
+    Text,
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Storage::Bytea => "bytea",
+            Storage::Text => "text",
+        })
+    }
+}
+
+/// A configured column with its names resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnId {
+    /// Schema, `public` when the config names none.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// Column.
+    pub column: String,
+}
+
+impl fmt::Display for ColumnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+impl EncryptColumn {
+    /// Schema-qualified identity of this column.
+    pub fn id(&self) -> ColumnId {
+        let (schema, table) = match self.table.get_ref().split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => ("public".to_string(), self.table.get_ref().clone()),
+        };
+        ColumnId {
+            schema,
+            table,
+            column: self.column.clone(),
+        }
+    }
+
+    /// The key domain: explicit, or `schema.table.column`.
+    pub fn domain_name(&self) -> String {
+        self.domain.clone().unwrap_or_else(|| self.id().to_string())
+    }
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_max_inspected() -> u32 {
+    DEFAULT_MAX_INSPECTED_FRAME_BYTES
+}
+fn default_max_frame() -> u32 {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(text, origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |span: std::ops::Range<usize>, key: String, message: String| ConfigError::Invalid {
+                path: origin.to_string(),
+                line: line_of(text, span.start),
+                key,
+                message,
+            };
+        check_host_port(self.listen.address.get_ref())
+            .map_err(|m| invalid(self.listen.address.span(), "listen.address".into(), m))?;
+        check_host_port(self.upstream.address.get_ref())
+            .map_err(|m| invalid(self.upstream.address.span(), "upstream.address".into(), m))?;
+        if let Some(metrics) = &self.metrics {
+            check_host_port(metrics.address.get_ref())
+                .map_err(|m| invalid(metrics.address.span(), "metrics.address".into(), m))?;
+        }
+        if self.listen.max_connections == 0 {
+            return Err(invalid(
+                self.listen.address.span(),
+                "listen.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_inspected_frame_bytes > self.limits.max_frame_bytes {
+            return Err(invalid(
+                0..0,
+                "limits.max_inspected_frame_bytes".into(),
+                "must not exceed limits.max_frame_bytes".into(),
+            ));
+        }
+        if self.limits.max_frame_bytes > DEFAULT_MAX_FRAME_BYTES {
+            return Err(invalid(
+                0..0,
+                "limits.max_frame_bytes".into(),
+                "PostgreSQL accepts no message over 1 GiB (1073741824)".into(),
+            ));
+        }
+        if let Some(keys) = &self.keys {
+            match (&keys.master_key_env, &keys.master_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        0..0,
+                        "keys".into(),
+                        "set either master_key_env or master_key_file, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        0..0,
+                        "keys".into(),
+                        "set master_key_env or master_key_file".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !self.encrypt.is_empty() && self.keys.is_none() {
+            return Err(invalid(
+                self.encrypt[0].table.span(),
+                "keys".into(),
+                "[[encrypt]] columns are configured but there is no [keys] section".into(),
+            ));
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut domains: BTreeMap<String, (ValueType, usize)> = BTreeMap::new();
+        for (i, col) in self.encrypt.iter().enumerate() {
+            let span = col.table.span();
+            let key = |k: &str| format!("encrypt[{}].{}", i + 1, k);
+            let table = col.table.get_ref();
+            let parts: Vec<&str> = table.split('.').collect();
+            if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    span,
+                    key("table"),
+                    format!("`{table}` is not `table` or `schema.table`"),
+                ));
+            }
+            if col.column.is_empty() || col.column.contains('.') {
+                return Err(invalid(
+                    span,
+                    key("column"),
+                    format!("`{}` is not a column name", col.column),
+                ));
+            }
+            let id = col.id().to_string();
+            if let Some(first) = seen.insert(id.clone(), i) {
+                return Err(invalid(
+                    span,
+                    key("column"),
+                    format!("{id} is already configured by encrypt[{}]", first + 1),
+                ));
+            }
+            let domain = col.domain_name();
+            if domain.is_empty() {
+                return Err(invalid(span, key("domain"), "must not be empty".into()));
+            }
+            match domains.get(&domain) {
+                Some((ty, first)) if *ty != col.value_type => {
+                    return Err(invalid(
+                        span,
+                        key("type"),
+                        format!(
+                            "key domain `{domain}` has type {ty} in encrypt[{}] but {} here; \
+                             all columns of one domain must share a type",
+                            first + 1,
+                            col.value_type
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    domains.insert(domain, (col.value_type, i));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A human-readable summary for `pgveil check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "listen:   {} (max_connections {}, tls {})\n",
+            self.listen.address.get_ref(),
+            self.listen.max_connections,
+            match &self.listen.tls {
+                Some(t) if t.required => "required",
+                Some(_) => "optional",
+                None => "off",
+            }
+        ));
+        out.push_str(&format!(
+            "upstream: {} (connect timeout {} ms, tls {})\n",
+            self.upstream.address.get_ref(),
+            self.upstream.connect_timeout_ms,
+            match &self.upstream.tls {
+                Some(t) => format!("{:?}", t.mode.unwrap_or(UpstreamTlsMode::VerifyFull)),
+                None => "off".to_string(),
+            }
+        ));
+        match &self.keys {
+            Some(k) => {
+                let source = match (&k.master_key_env, &k.master_key_file) {
+                    (Some(env), _) => format!("environment variable {env}"),
+                    (_, Some(file)) => format!("file {}", file.display()),
+                    _ => "none".to_string(),
+                };
+                out.push_str(&format!(
+                    "keys:     master key from {source}{}\n",
+                    if k.check.is_some() {
+                        ", check value set"
+                    } else {
+                        ", no check value"
+                    }
+                ));
+            }
+            None => out.push_str("keys:     none\n"),
+        }
+        if let Some(m) = &self.metrics {
+            out.push_str(&format!(
+                "metrics:  http://{}/metrics\n",
+                m.address.get_ref()
+            ));
+        }
+        out.push_str(&format!(
+            "policy:   on_unsupported = {:?}\n",
+            self.policy.on_unsupported
+        ));
+        out.push_str(&format!("encrypted columns: {}\n", self.encrypt.len()));
+        for col in &self.encrypt {
+            out.push_str(&format!(
+                "  {} as {} (domain {}, storage {})\n",
+                col.id(),
+                col.value_type,
+                col.domain_name(),
+                col.storage
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "from database".into())
+            ));
+        }
+        out
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port; IPv6 as `[::1]:5432`.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    split_host_port(addr).map(|_| ())
+}
+
+/// Splits `host:port`, accepting `[v6]:port`.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` is not host:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{addr}` has no valid port"))?;
+    Ok((host.to_string(), port))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[listen]\naddress = \"127.0.0.1:6432\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n";
+
+    #[test]
+    fn parses_minimal() {
+        let c = Config::parse(MINIMAL, "t").unwrap();
+        assert_eq!(c.listen.max_connections, 1000);
+        assert_eq!(c.policy.on_unsupported, OnUnsupported::Reject);
+    }
+
+    #[test]
+    fn rejects_unknown_key_with_name_and_line() {
+        let text = format!("{MINIMAL}bogus_key = 1\n");
+        let err = Config::parse(&text, "t").unwrap_err().to_string();
+        // The key lands in [upstream], line 5.
+        assert!(err.contains("bogus_key"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn accepts_full_contract() {
+        let text = r#"
+[listen]
+address = "127.0.0.1:6432"
+max_connections = 1000
+[listen.tls]
+cert = "c.pem"
+key = "k.pem"
+required = true
+client_ca = "ca.pem"
+[upstream]
+address = "db.example:5432"
+connect_timeout_ms = 5000
+[upstream.tls]
+mode = "verify-full"
+ca = "ca.pem"
+server_name = "db"
+[keys]
+master_key_env = "PGVEIL_MASTER_KEY"
+[metrics]
+address = "127.0.0.1:9187"
+[log]
+level = "info"
+format = "json"
+[policy]
+on_unsupported = "passthrough"
+[[encrypt]]
+table = "customers"
+column = "email"
+type = "text"
+domain = "email"
+[[encrypt]]
+table = "crm.leads"
+column = "email"
+domain = "email"
+"#;
+        let c = Config::parse(text, "t").unwrap();
+        assert_eq!(c.encrypt.len(), 2);
+        assert_eq!(c.encrypt[1].id().to_string(), "crm.leads.email");
+        assert_eq!(c.encrypt[0].id().schema, "public");
+    }
+
+    #[test]
+    fn rejects_domain_with_two_types() {
+        let text = format!(
+            "{MINIMAL}[keys]\nmaster_key_env = \"K\"\n[[encrypt]]\ntable = \"a\"\ncolumn = \"x\"\ndomain = \"d\"\n[[encrypt]]\ntable = \"b\"\ncolumn = \"y\"\ntype = \"date\"\ndomain = \"d\"\n"
+        );
+        let err = Config::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("encrypt[2].type"), "{err}");
+        assert!(err.contains("line 12"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_address_with_line() {
+        let text = "[listen]\naddress = \"nope\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n";
+        let err = Config::parse(text, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("listen.address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_encrypt_without_keys() {
+        let text = format!("{MINIMAL}[[encrypt]]\ntable = \"a\"\ncolumn = \"x\"\n");
+        assert!(Config::parse(&text, "t").is_err());
+    }
+
+    #[test]
+    fn splits_ipv6() {
+        assert_eq!(
+            split_host_port("[::1]:5432").unwrap(),
+            ("::1".to_string(), 5432)
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! pgveil: a transparent PostgreSQL wire-protocol proxy that deterministically
+//! encrypts configured customer columns.
+//!
+//! # Layout
+//!
+//! From the ground up, each layer using only those below it:
+//!
+//! - [`protocol`]: framing and the few message codecs pgveil needs; no I/O.
+//! - [`crypto`]: master keys, the HKDF key hierarchy, the AES-SIV envelope and
+//!   typed plaintext encodings; no I/O beyond reading the key file.
+//! - [`config`]: `proxy.toml`.
+//! - [`session`]: one client connection: startup, authentication relay and the
+//!   message loop.
+//! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`logging`]: `tracing` set-up from `[log]`.
+//!
+//! See `docs/ARCHITECTURE.md` for the path of a message through these layers.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod crypto;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod session;

@@ -1,0 +1,129 @@
+//! The `pgveil` binary: command-line parsing and the process edge.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgveil::config::{Config, Storage};
+
+/// Transparent PostgreSQL proxy that encrypts configured customer columns.
+#[derive(Parser)]
+#[command(name = "pgveil", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "PGVEIL_CONFIG",
+        default_value = "proxy.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: accept clients and relay them to the upstream PostgreSQL.
+    Run,
+    /// Validate the configuration and print what was understood.
+    Check,
+    /// Print a fresh random master key (base64) and its check value.
+    Keygen,
+    /// Print the SQL literal to store or search for a plaintext value.
+    Encrypt {
+        /// Configured column, `[schema.]table.column`.
+        #[arg(long)]
+        column: String,
+        /// Storage encoding (default: the config's, else bytea).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        /// The plaintext value, in the column type's text form.
+        value: String,
+    },
+    /// Print the plaintext of a stored value (as psql prints it).
+    Decrypt {
+        /// Configured column, `[schema.]table.column`.
+        #[arg(long)]
+        column: String,
+        /// Storage encoding (default: the config's, else bytea).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        /// The stored value: `\x...` hex or the prefixed base64 text.
+        stored: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StorageArg {
+    Bytea,
+    Text,
+}
+
+impl From<StorageArg> for Storage {
+    fn from(s: StorageArg) -> Storage {
+        match s {
+            StorageArg::Bytea => Storage::Bytea,
+            StorageArg::Text => Storage::Text,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgveil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen => commands::keys::keygen(),
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            print!("{}", config.summary());
+            println!("configuration OK");
+            Ok(())
+        }
+        Command::Run => run(&cli.config),
+        Command::Encrypt {
+            column,
+            storage,
+            value,
+        } => {
+            let config = Config::load(&cli.config)?;
+            commands::keys::encrypt(&config, &column, storage.map(Into::into), &value)
+        }
+        Command::Decrypt {
+            column,
+            storage,
+            stored,
+        } => {
+            let config = Config::load(&cli.config)?;
+            commands::keys::decrypt(&config, &column, storage.map(Into::into), &stored)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    pgveil::logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = pgveil::server::Server::bind(config).await?;
+        server.run(pgveil::server::shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,90 @@
+//! The message loop after startup: two pumps, client→upstream and
+//! upstream→client, each framing its stream and forwarding frames untouched.
+//! Later stages hook in where a frame must be inspected or rewritten.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use super::SessionError;
+use crate::protocol::messages::ErrorResponse;
+use crate::protocol::{Chunk, FrameError, Framer, sqlstate};
+use crate::server::Shared;
+
+/// Initial read buffer per direction.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// How one direction ended.
+enum PumpEnd {
+    /// The reading side closed.
+    Eof,
+    /// The reading side sent a malformed frame.
+    Malformed(FrameError),
+}
+
+/// Relays a started session until either side closes.
+pub async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    startup_packet: &[u8],
+    shared: &Shared,
+) -> Result<(), SessionError> {
+    upstream.write_all(startup_packet).await?;
+    let limits = &shared.config.limits;
+    let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
+    let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
+
+    let outcome = {
+        let (mut cr, mut cw) = client.split();
+        let (mut ur, mut uw) = upstream.split();
+        tokio::select! {
+            r = pump(&mut cr, &mut uw, &mut client_framer) => r.map(|e| (true, e)),
+            r = pump(&mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
+        }
+    };
+    match outcome? {
+        (_, PumpEnd::Eof) => Ok(()),
+        (from_client, PumpEnd::Malformed(e)) => {
+            let message = if from_client {
+                format!("pgveil: invalid message from client: {e}")
+            } else {
+                warn!(error = %e, "malformed message from upstream");
+                "pgveil: invalid message from the database server".to_string()
+            };
+            let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
+            let _ = client.write_all(&msg.to_bytes()).await;
+            Err(SessionError::Protocol(e.to_string()))
+        }
+    }
+}
+
+/// Copies frames from `reader` to `writer` until EOF or a malformed frame.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    framer: &mut Framer,
+) -> Result<PumpEnd, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    loop {
+        loop {
+            match framer.next(&mut buf, |_| false) {
+                Ok(Some(Chunk::Forward(bytes) | Chunk::Frame(bytes))) => {
+                    writer.write_all(&bytes).await?
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(PumpEnd::Malformed(e)),
+            }
+        }
+        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+            buf.reserve(READ_BUFFER);
+        }
+        if reader.read_buf(&mut buf).await? == 0 {
+            return Ok(PumpEnd::Eof);
+        }
+    }
+}

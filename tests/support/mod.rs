@@ -1,0 +1,329 @@
+//! Test harness: a throwaway PostgreSQL cluster per test binary, and pgveil
+//! proxies in front of it. No mocks: every test talks to a real server.
+//!
+//! The cluster is found via `PG_BIN`, `pg_config --bindir`, or the highest
+//! `/usr/lib/postgresql/*/bin`. As root, the server binaries run as user
+//! `postgres` (PostgreSQL refuses root). A watchdog process stops the
+//! cluster and removes its directory when the test binary exits, however it
+//! exits.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use pgveil::config::Config;
+use tokio::sync::oneshot;
+
+/// Password of the `postgres` superuser in test clusters.
+pub const PASSWORD: &str = "pgveil-test-pw";
+
+/// A running PostgreSQL cluster.
+#[derive(Debug)]
+pub struct PgCluster {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Server binaries directory.
+    pub bin: PathBuf,
+    /// Cluster root (data dir, socket dir, log).
+    pub dir: PathBuf,
+}
+
+static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+
+/// The cluster shared by all tests of this binary, started on first use.
+pub fn cluster() -> &'static PgCluster {
+    CLUSTER.get_or_init(|| PgCluster::start(&find_pg_bin(), "scram-sha-256", &[]))
+}
+
+/// Locates the PostgreSQL server binaries.
+pub fn find_pg_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("PG_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server binaries found: set PG_BIN, or install them \
+             (Debian/Ubuntu: apt-get install postgresql)"
+        )
+    })
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    // SAFETY-free check: `id -u` avoids libc in tests.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a server binary, as `postgres` when we are root.
+fn pg_command(bin: &Path, program: &str) -> Command {
+    let path = bin.join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_checked(mut cmd: Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster: `auth_host` is the pg_hba
+    /// method for TCP (`scram-sha-256`, `md5`, `password`, `trust`), and
+    /// `settings` are extra `postgres -c` settings.
+    pub fn start(bin: &Path, auth_host: &str, settings: &[(&str, &str)]) -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pgveil-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        if is_root() {
+            let uid = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap();
+            let gid = Command::new("id")
+                .args(["-g", "postgres"])
+                .output()
+                .unwrap();
+            let parse = |o: std::process::Output| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .unwrap()
+            };
+            std::os::unix::fs::chown(&dir, Some(parse(uid)), Some(parse(gid))).unwrap();
+        }
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, PASSWORD).unwrap();
+        let _ = Command::new("chmod").arg("644").arg(&pwfile).status();
+        let data = dir.join("data");
+        let mut initdb = pg_command(bin, "initdb");
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync"])
+            .args(["--auth-local=trust"])
+            .arg(format!("--auth-host={auth_host}"))
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run_checked(initdb, "initdb");
+        // Fixed roles with their own methods, so every authentication
+        // exchange can be tested through the proxy; the rest use `auth_host`.
+        let hba = format!(
+            "local all all trust\n\
+             host all pgveil_trust 127.0.0.1/32 trust\n\
+             host all pgveil_md5 127.0.0.1/32 md5\n\
+             host all pgveil_clear 127.0.0.1/32 password\n\
+             host all all 127.0.0.1/32 {auth_host}\n\
+             host all all ::1/128 {auth_host}\n"
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+
+        let port = free_port();
+        let mut options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            dir.display()
+        );
+        for (k, v) in settings {
+            options.push_str(&format!(" -c {k}={v}"));
+        }
+        let mut pg_ctl = pg_command(bin, "pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]);
+        run_checked(pg_ctl, "pg_ctl start");
+        spawn_watchdog(bin, &dir, &data);
+        PgCluster {
+            port,
+            bin: bin.to_path_buf(),
+            dir,
+        }
+    }
+
+    /// libpq-style connection string for the superuser, direct or via `port`.
+    pub fn conn_str_on(&self, port: u16) -> String {
+        format!("host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres")
+    }
+
+    /// Connection string straight to PostgreSQL.
+    pub fn conn_str(&self) -> String {
+        self.conn_str_on(self.port)
+    }
+
+    /// URL form, for tools that want one.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// A tokio-postgres client straight to PostgreSQL.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.conn_str()).await
+    }
+
+    /// Runs SQL as superuser straight on the server (simple protocol).
+    pub async fn execute(&self, sql: &str) {
+        self.connect().await.batch_execute(sql).await.unwrap();
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
+    try_connect(conn_str)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conn_str}: {e}"))
+}
+
+/// Like [`connect`] but returns the error.
+pub async fn try_connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Stops the cluster and removes its directory once this process is gone.
+fn spawn_watchdog(bin: &Path, dir: &Path, data: &Path) {
+    let pid = std::process::id();
+    let pg_ctl = bin.join("pg_ctl");
+    let stop = if is_root() {
+        format!(
+            "runuser -u postgres -- {} -D {} stop -m immediate",
+            pg_ctl.display(),
+            data.display()
+        )
+    } else {
+        format!(
+            "{} -D {} stop -m immediate",
+            pg_ctl.display(),
+            data.display()
+        )
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {}",
+        dir.display()
+    );
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// A pgveil instance running in this process.
+pub struct Proxy {
+    /// Where clients connect.
+    pub port: u16,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts pgveil in front of `pg` with `extra` TOML appended to a
+    /// minimal config (listen on a free port).
+    pub async fn start(pg: &PgCluster, extra: &str) -> Proxy {
+        Proxy::start_with_upstream(&format!("127.0.0.1:{}", pg.port), extra).await
+    }
+
+    /// Starts pgveil in front of any upstream address.
+    pub async fn start_with_upstream(upstream: &str, extra: &str) -> Proxy {
+        Proxy::start_full(upstream, "", extra).await
+    }
+
+    /// Starts pgveil with `listen_extra` inside `[listen]` and `extra` TOML
+    /// appended after `[upstream]`.
+    pub async fn start_full(upstream: &str, listen_extra: &str, extra: &str) -> Proxy {
+        let text = format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n{listen_extra}\n[upstream]\naddress = \"{upstream}\"\n{extra}\n"
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let server = pgveil::server::Server::bind(config).await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Proxy {
+            port,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Connection string through this proxy to `pg`.
+    pub fn conn_str(&self, pg: &PgCluster) -> String {
+        pg.conn_str_on(self.port)
+    }
+
+    /// A tokio-postgres client through this proxy.
+    pub async fn connect(&self, pg: &PgCluster) -> tokio_postgres::Client {
+        connect(&self.conn_str(pg)).await
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
