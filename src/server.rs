@@ -37,6 +37,13 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// Columns are configured for encryption, but this build cannot yet
+    /// rewrite statements for them; serving would pass plaintext through.
+    #[error(
+        "{0} [[encrypt]] column(s) configured, but statement rewriting is not available in \
+         this build; refusing to start rather than let plaintext reach the database"
+    )]
+    EncryptionUnavailable(usize),
 }
 
 /// A bound, not yet running, proxy.
@@ -48,6 +55,9 @@ pub struct Server {
 impl Server {
     /// Binds `listen.address`.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        if !config.encrypt.is_empty() {
+            return Err(ServerError::EncryptionUnavailable(config.encrypt.len()));
+        }
         let address = config.listen.address.get_ref().clone();
         let listener = TcpListener::bind(address.as_str())
             .await
