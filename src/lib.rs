@@ -13,14 +13,17 @@
 //!   message loop.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
 //! - [`logging`]: `tracing` set-up from `[log]`.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the health endpoint.
 //!
 //! See `docs/ARCHITECTURE.md` for the path of a message through these layers.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod crypto;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

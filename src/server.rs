@@ -11,7 +11,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, Health};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session;
 
 /// Clients past the limit that may wait at once for their 53300; beyond
@@ -24,6 +26,10 @@ const MAX_PENDING_REJECTIONS: usize = 256;
 pub struct Shared {
     /// The configuration snapshot the server started with.
     pub config: Config,
+    /// Prometheus metrics of this server.
+    pub metrics: Metrics,
+    /// Readiness inputs for `/readyz`.
+    pub health: Health,
 }
 
 /// Errors that stop the server.
@@ -44,17 +50,31 @@ pub enum ServerError {
          this build; refusing to start rather than let plaintext reach the database"
     )]
     EncryptionUnavailable(usize),
+    /// TLS is configured, but this build cannot yet serve it; answering
+    /// clients in plaintext instead would silently weaken the DBA's setup.
+    #[error("[{0}] is configured, but TLS is not available in this build; refusing to start")]
+    TlsUnavailable(&'static str),
+    /// The metrics registry could not be built.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A bound, not yet running, proxy.
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
 impl Server {
     /// Binds `listen.address`.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        if config.listen.tls.is_some() {
+            return Err(ServerError::TlsUnavailable("listen.tls"));
+        }
+        if config.upstream.tls.is_some() {
+            return Err(ServerError::TlsUnavailable("upstream.tls"));
+        }
         if !config.encrypt.is_empty() {
             return Err(ServerError::EncryptionUnavailable(config.encrypt.len()));
         }
@@ -62,9 +82,26 @@ impl Server {
         let listener = TcpListener::bind(address.as_str())
             .await
             .map_err(|source| ServerError::Bind { address, source })?;
+        let admin = match &config.metrics {
+            Some(m) => {
+                let address = m.address.get_ref().clone();
+                Some(
+                    TcpListener::bind(address.as_str())
+                        .await
+                        .map_err(|source| ServerError::Bind { address, source })?,
+                )
+            }
+            None => None,
+        };
+        let metrics = Metrics::new()?;
         Ok(Server {
             listener,
-            shared: Arc::new(Shared { config }),
+            admin,
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                health: Health::default(),
+            }),
         })
     }
 
@@ -73,10 +110,30 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The bound metrics address, when `[metrics]` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The state shared with sessions (metrics, health).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets open
     /// sessions finish for up to `limits.shutdown_timeout_ms`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            admin,
+            shared,
+        } = self;
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = admin.map(|l| {
+            tokio::spawn(admin::serve(l, shared.clone(), async {
+                let _ = admin_stopped.await;
+            }))
+        });
         let admitted = Arc::new(Semaphore::new(shared.config.listen.max_connections));
         let rejecting = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         let mut sessions = JoinSet::new();
@@ -115,17 +172,22 @@ impl Server {
                         Err(_) => match rejecting.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 sessions.spawn(async move {
-                                    session::serve(socket, peer, shared, false).await;
+                                    shared.metrics.client_connections_rejected_total.with_label_values(&["max_connections"]).inc();
+                                session::serve(socket, peer, shared, false).await;
                                     drop(permit);
                                 });
                             }
-                            Err(_) => drop(socket),
+                            Err(_) => {
+                                shared.metrics.client_connections_rejected_total.with_label_values(&["max_connections"]).inc();
+                                drop(socket)
+                            }
                         },
                     }
                 }
             }
         }
         drop(listener);
+        shared.health.set_draining();
         let timeout = Duration::from_millis(shared.config.limits.shutdown_timeout_ms);
         info!(
             sessions = sessions.len(),
@@ -144,6 +206,10 @@ impl Server {
                 }
                 next = sessions.join_next() => if next.is_none() { break },
             }
+        }
+        let _ = admin_stop.send(());
+        if let Some(task) = admin_task {
+            let _ = task.await;
         }
         info!("pgveil stopped");
         Ok(())

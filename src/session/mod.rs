@@ -55,10 +55,12 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
     let opening = match opening {
         Err(_) => {
             info!(%peer, "client did not complete startup in time; closing");
+            reject(&shared, "startup_timeout");
             return;
         }
         Ok(Err(e)) => {
             warn!(%peer, error = %e, "malformed startup; closing");
+            reject(&shared, "protocol");
             let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgveil: {e}"));
             let _ = client.write_all(&msg.to_bytes()).await;
             return;
@@ -84,16 +86,31 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
                 Ok(u) => u,
                 Err(e) => {
                     warn!(%peer, error = %e, "upstream unreachable");
+                    shared.metrics.upstream_connect_errors_total.inc();
+                    reject(&shared, "upstream");
                     let msg =
                         ErrorResponse::fatal(sqlstate::UNABLE_TO_CONNECT, format!("pgveil: {e}"));
                     let _ = client.write_all(&msg.to_bytes()).await;
                     return;
                 }
             };
-            match relay::run(client, upstream, &packet, &shared).await {
+            let metrics = &shared.metrics;
+            metrics.client_connections_total.inc();
+            metrics.client_connections.inc();
+            let result = relay::run(client, upstream, &packet, &shared).await;
+            metrics.client_connections.dec();
+            match result {
                 Ok(()) => debug!(%peer, "session ended"),
                 Err(e) => info!(%peer, error = %e, "session ended with error"),
             }
         }
     }
+}
+
+fn reject(shared: &Shared, reason: &str) {
+    shared
+        .metrics
+        .client_connections_rejected_total
+        .with_label_values(&[reason])
+        .inc();
 }

@@ -3,6 +3,7 @@
 //! Later stages hook in where a frame must be inspected or rewritten.
 
 use bytes::BytesMut;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
@@ -35,12 +36,20 @@ pub async fn run(
     let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
     let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
 
+    let to_server = shared
+        .metrics
+        .bytes_total
+        .with_label_values(&["client_to_server"]);
+    let to_client = shared
+        .metrics
+        .bytes_total
+        .with_label_values(&["server_to_client"]);
     let outcome = {
         let (mut cr, mut cw) = client.split();
         let (mut ur, mut uw) = upstream.split();
         tokio::select! {
-            r = pump(&mut cr, &mut uw, &mut client_framer) => r.map(|e| (true, e)),
-            r = pump(&mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
+            r = pump(&mut cr, &mut uw, &mut client_framer, &to_server) => r.map(|e| (true, e)),
+            r = pump(&mut ur, &mut cw, &mut server_framer, &to_client) => r.map(|e| (false, e)),
         }
     };
     match outcome? {
@@ -64,6 +73,7 @@ async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
     framer: &mut Framer,
+    bytes_total: &IntCounter,
 ) -> Result<PumpEnd, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -74,7 +84,8 @@ where
         loop {
             match framer.next(&mut buf, |_| false) {
                 Ok(Some(Chunk::Forward(bytes) | Chunk::Frame(bytes))) => {
-                    writer.write_all(&bytes).await?
+                    writer.write_all(&bytes).await?;
+                    bytes_total.inc_by(bytes.len() as u64);
                 }
                 Ok(None) => break,
                 Err(e) => return Ok(PumpEnd::Malformed(e)),

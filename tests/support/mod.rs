@@ -29,6 +29,8 @@ pub struct PgCluster {
     pub bin: PathBuf,
     /// Cluster root (data dir, socket dir, log).
     pub dir: PathBuf,
+    /// `postgres` options, kept to restart the cluster.
+    options: String,
 }
 
 static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
@@ -185,7 +187,25 @@ impl PgCluster {
             port,
             bin: bin.to_path_buf(),
             dir,
+            options,
         }
+    }
+
+    /// Runs `pg_ctl start` or `pg_ctl stop` (fast) on this cluster.
+    pub fn pg_ctl(&self, action: &str) {
+        let mut cmd = pg_command(&self.bin, "pg_ctl");
+        cmd.arg("-D").arg(self.dir.join("data")).arg("-w");
+        match action {
+            "start" => {
+                cmd.arg("-l")
+                    .arg(self.dir.join("log"))
+                    .args(["-o", &self.options, "start"]);
+            }
+            other => {
+                cmd.args(["-m", "fast", other]);
+            }
+        }
+        run_checked(cmd, &format!("pg_ctl {action}"));
     }
 
     /// libpq-style connection string for the superuser, direct or via `port`.
@@ -266,6 +286,8 @@ fn spawn_watchdog(bin: &Path, dir: &Path, data: &Path) {
 pub struct Proxy {
     /// Where clients connect.
     pub port: u16,
+    /// The metrics endpoint's port, when `[metrics]` is configured.
+    pub metrics_port: Option<u16>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -291,6 +313,7 @@ impl Proxy {
         let config = Config::parse(&text, "test").unwrap();
         let server = pgveil::server::Server::bind(config).await.unwrap();
         let port = server.local_addr().unwrap().port();
+        let metrics_port = server.metrics_addr().map(|a| a.port());
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -302,6 +325,7 @@ impl Proxy {
         });
         Proxy {
             port,
+            metrics_port,
             shutdown: Some(tx),
             task: Some(task),
         }
