@@ -17,7 +17,8 @@ fn pgveil(args: &[&str], config_text: &str) -> Output {
         .unwrap()
 }
 
-const GOOD: &str = "[listen]\naddress = \"127.0.0.1:6432\"\n[upstream]\naddress = \"db.internal:5432\"\n";
+const GOOD: &str =
+    "[listen]\naddress = \"127.0.0.1:6432\"\n[upstream]\naddress = \"db.internal:5432\"\n";
 
 #[test]
 fn check_prints_what_it_understood() {
@@ -68,5 +69,9 @@ fn config_path_from_environment() {
         .env("PGVEIL_CONFIG", &path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
