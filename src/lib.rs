@@ -9,6 +9,8 @@
 //! - [`crypto`]: master keys, the HKDF key hierarchy, the AES-SIV envelope and
 //!   typed plaintext encodings; no I/O beyond reading the key file.
 //! - [`config`]: `proxy.toml`.
+//! - [`catalog`]: what a database says about the configured tables.
+//! - [`sql`]: the analyzer and rewriter; works on text and catalog facts.
 //! - [`session`]: one client connection: startup, authentication relay and the
 //!   message loop.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod logging;
@@ -27,3 +30,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sql;

@@ -1,0 +1,400 @@
+//! What one database says about the configured tables: their OIDs, every
+//! column in order with its storage type, which columns are encrypted, and
+//! the views built over them.
+//!
+//! No I/O: [`load_query`] is the SQL the session runs on the client's own
+//! upstream connection, and [`Catalog::build`] turns its rows into facts.
+//! View columns are mapped to base columns by analysing each view's
+//! definition with the same analyzer that judges client statements.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::config::{ColumnId, Config, Storage, ValueType};
+
+/// How an encrypted column is stored in this database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageState {
+    /// `bytea`: the raw envelope.
+    Bytea,
+    /// `text` or `varchar`: prefixed base64.
+    Text,
+    /// Any other type cannot hold ciphertext: statements touching it are refused.
+    Unsupported(String),
+}
+
+impl StorageState {
+    fn from_type(type_name: &str) -> StorageState {
+        match type_name {
+            "bytea" => StorageState::Bytea,
+            "text" | "varchar" => StorageState::Text,
+            other => StorageState::Unsupported(other.to_string()),
+        }
+    }
+
+    /// The storage encoding, if usable.
+    pub fn storage(&self) -> Option<Storage> {
+        match self {
+            StorageState::Bytea => Some(Storage::Bytea),
+            StorageState::Text => Some(Storage::Text),
+            StorageState::Unsupported(_) => None,
+        }
+    }
+}
+
+/// An encrypted column as this database stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encrypted {
+    /// The configured column whose cipher applies.
+    pub id: ColumnId,
+    /// Key domain: columns compare equal only within one domain.
+    pub domain: String,
+    /// The type the application sees.
+    pub value_type: ValueType,
+    /// Storage in this database.
+    pub storage: StorageState,
+}
+
+/// One column of a relation.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Name as stored.
+    pub name: String,
+    /// `attnum`.
+    pub attnum: i16,
+    /// Storage type name (`typname`).
+    pub type_name: String,
+    /// Whether the column has a `DEFAULT`.
+    pub has_default: bool,
+    /// Set when the column holds ciphertext.
+    pub encrypted: Option<Encrypted>,
+}
+
+/// Table or view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// A configured table.
+    Table,
+    /// A view (or materialized view) over a configured table.
+    View,
+}
+
+/// A configured table, or a view over one.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Table or view.
+    pub kind: RelationKind,
+    /// Columns in `attnum` order.
+    pub columns: Vec<Column>,
+    /// For views whose definition pgveil cannot map: why. Statements
+    /// naming such a view are refused.
+    pub opaque: Option<String>,
+    /// View definition, kept until it is analysed.
+    pub definition: Option<String>,
+}
+
+impl Relation {
+    /// A column by name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// The facts about one database.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    relations: Vec<Relation>,
+    by_name: HashMap<(String, String), usize>,
+    by_oid: HashMap<u32, usize>,
+    /// `current_schemas(false)`, in order.
+    pub search_path: Vec<String>,
+    /// Configured columns absent from this database.
+    pub inactive: Vec<ColumnId>,
+    /// Configured columns with a `DEFAULT` (stored in plaintext by the database).
+    pub defaults: Vec<ColumnId>,
+}
+
+/// Errors turning catalog rows into facts.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A row did not have the expected shape.
+    #[error("unexpected catalog row: {0}")]
+    Row(String),
+}
+
+/// Configured table names, for the fast-path scan and the load query.
+pub fn configured_tables(config: &Config) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = config
+        .encrypt
+        .iter()
+        .map(|c| {
+            let id = c.id();
+            (id.schema, id.table)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The statements the session runs (as one simple Query) to learn the
+/// catalog. Results, in order: columns of configured tables and of views
+/// over them; view definitions; the search path.
+pub fn load_query(config: &Config) -> String {
+    let tables = configured_tables(config);
+    let mut values = String::new();
+    for (i, (schema, table)) in tables.iter().enumerate() {
+        if i > 0 {
+            values.push_str(", ");
+        }
+        let _ = write!(values, "({}, {})", sql_string(schema), sql_string(table));
+    }
+    if values.is_empty() {
+        values.push_str("(NULL, NULL)");
+    }
+    let base = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND (n.nspname, c.relname) IN (VALUES {values})"
+    );
+    let rels = format!(
+        "WITH RECURSIVE rels(oid) AS ({base} UNION \
+         SELECT r.ev_class FROM pg_catalog.pg_depend d \
+         JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid \
+         JOIN rels ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = rels.oid \
+         WHERE r.ev_class <> rels.oid)"
+    );
+    format!(
+        "{rels} SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
+         c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
+         t.typname::pg_catalog.text, a.atthasdef \
+         FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         ORDER BY 1, 5; \
+         {rels} SELECT c.oid::pg_catalog.int8, pg_catalog.pg_get_viewdef(c.oid) \
+         FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid WHERE c.relkind IN ('v', 'm') ORDER BY 1; \
+         SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i"
+    )
+}
+
+/// Rows of one result set, as text (None for NULL).
+pub type Rows = Vec<Vec<Option<String>>>;
+
+fn cell<'a>(row: &'a [Option<String>], i: usize) -> Result<&'a str, CatalogError> {
+    row.get(i)
+        .and_then(|c| c.as_deref())
+        .ok_or_else(|| CatalogError::Row(format!("missing field {i}")))
+}
+
+impl Catalog {
+    /// Builds the catalog from the three result sets of [`load_query`].
+    /// View columns are left unmapped; see [`Catalog::map_views`].
+    pub fn build(config: &Config, results: &[Rows]) -> Result<Catalog, CatalogError> {
+        let empty = Vec::new();
+        let columns = results.first().unwrap_or(&empty);
+        let views = results.get(1).unwrap_or(&empty);
+        let path = results.get(2).unwrap_or(&empty);
+        let mut catalog = Catalog::default();
+        for row in columns {
+            let oid: u32 = cell(row, 0)?
+                .parse()
+                .map_err(|_| CatalogError::Row("oid".into()))?;
+            let idx = match catalog.by_oid.get(&oid) {
+                Some(i) => *i,
+                None => {
+                    let kind = match cell(row, 3)? {
+                        "r" | "p" => RelationKind::Table,
+                        _ => RelationKind::View,
+                    };
+                    catalog.relations.push(Relation {
+                        oid,
+                        schema: cell(row, 1)?.to_string(),
+                        name: cell(row, 2)?.to_string(),
+                        kind,
+                        columns: Vec::new(),
+                        opaque: None,
+                        definition: None,
+                    });
+                    let i = catalog.relations.len() - 1;
+                    catalog.by_oid.insert(oid, i);
+                    catalog
+                        .by_name
+                        .insert((cell(row, 1)?.to_string(), cell(row, 2)?.to_string()), i);
+                    i
+                }
+            };
+            let attnum: i16 = cell(row, 4)?
+                .parse()
+                .map_err(|_| CatalogError::Row("attnum".into()))?;
+            let rel = &mut catalog.relations[idx];
+            rel.columns.push(Column {
+                name: cell(row, 5)?.to_string(),
+                attnum,
+                type_name: cell(row, 6)?.to_string(),
+                has_default: cell(row, 7)? == "t",
+                encrypted: None,
+            });
+        }
+        for row in views {
+            let oid: u32 = cell(row, 0)?
+                .parse()
+                .map_err(|_| CatalogError::Row("view oid".into()))?;
+            if let Some(i) = catalog.by_oid.get(&oid) {
+                catalog.relations[*i].definition = Some(cell(row, 1)?.to_string());
+            }
+        }
+        catalog.search_path = path
+            .iter()
+            .filter_map(|r| r.first().cloned().flatten())
+            .collect();
+        for col in &config.encrypt {
+            let id = col.id();
+            let found = catalog
+                .by_name
+                .get(&(id.schema.clone(), id.table.clone()))
+                .copied()
+                .and_then(|i| {
+                    let rel = &mut catalog.relations[i];
+                    rel.columns.iter_mut().find(|c| c.name == id.column)
+                });
+            match found {
+                Some(c) => {
+                    if c.has_default {
+                        catalog.defaults.push(id.clone());
+                    }
+                    c.encrypted = Some(Encrypted {
+                        storage: StorageState::from_type(&c.type_name),
+                        domain: col.domain_name(),
+                        value_type: col.value_type,
+                        id,
+                    });
+                }
+                None => catalog.inactive.push(id),
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// A relation by schema and name.
+    pub fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.by_name
+            .get(&(schema.to_string(), name.to_string()))
+            .map(|i| &self.relations[*i])
+    }
+
+    /// A relation by OID (as RowDescription reports it).
+    pub fn relation_by_oid(&self, oid: u32) -> Option<&Relation> {
+        self.by_oid.get(&oid).map(|i| &self.relations[*i])
+    }
+
+    /// The encrypted column a result field comes from, by its origin.
+    pub fn origin(&self, table_oid: u32, attnum: i16) -> Option<&Encrypted> {
+        self.relation_by_oid(table_oid)?
+            .columns
+            .iter()
+            .find(|c| c.attnum == attnum)?
+            .encrypted
+            .as_ref()
+    }
+
+    /// Every relation.
+    pub fn relations(&self) -> &[Relation] {
+        &self.relations
+    }
+
+    /// Mutable access for view mapping.
+    pub fn relations_mut(&mut self) -> &mut [Relation] {
+        &mut self.relations
+    }
+
+    /// Resolves an unqualified relation name through the search path.
+    pub fn resolve_unqualified(&self, name: &str) -> Option<&Relation> {
+        if self.search_path.is_empty() {
+            return self.relation("public", name);
+        }
+        self.search_path
+            .iter()
+            .find_map(|schema| self.relation(schema, name))
+    }
+
+    /// Builds a catalog directly (tests and views).
+    pub fn from_relations(relations: Vec<Relation>, search_path: Vec<String>) -> Catalog {
+        let mut c = Catalog {
+            search_path,
+            ..Catalog::default()
+        };
+        for (i, r) in relations.iter().enumerate() {
+            c.by_oid.insert(r.oid, i);
+            c.by_name.insert((r.schema.clone(), r.name.clone()), i);
+        }
+        c.relations = relations;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[listen]\naddress = \"127.0.0.1:1\"\n[upstream]\naddress = \"127.0.0.1:2\"\n\
+             [keys]\nmaster_key_env = \"K\"\n\
+             [[encrypt]]\ntable = \"customers\"\ncolumn = \"email\"\ndomain = \"email\"\n\
+             [[encrypt]]\ntable = \"customers\"\ncolumn = \"missing\"\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn row(v: &[&str]) -> Vec<Option<String>> {
+        v.iter().map(|s| Some(s.to_string())).collect()
+    }
+
+    #[test]
+    fn builds_from_rows() {
+        let cols = vec![
+            row(&["100", "public", "customers", "r", "1", "id", "int4", "t"]),
+            row(&[
+                "100",
+                "public",
+                "customers",
+                "r",
+                "2",
+                "email",
+                "bytea",
+                "f",
+            ]),
+            row(&["200", "public", "v", "v", "1", "email", "bytea", "f"]),
+        ];
+        let views = vec![row(&["200", " SELECT customers.email FROM customers;"])];
+        let path = vec![row(&["public"])];
+        let c = Catalog::build(&config(), &[cols, views, path]).unwrap();
+        let e = c.origin(100, 2).unwrap();
+        assert_eq!(e.domain, "email");
+        assert_eq!(e.storage, StorageState::Bytea);
+        assert!(c.origin(100, 1).is_none());
+        assert_eq!(c.inactive.len(), 1);
+        assert!(c.relation("public", "v").unwrap().definition.is_some());
+        assert_eq!(c.resolve_unqualified("customers").unwrap().oid, 100);
+    }
+
+    #[test]
+    fn load_query_quotes_names() {
+        let mut cfg = config();
+        cfg.encrypt[0].table = toml::Spanned::new(0..0, "o'neil".to_string());
+        assert!(load_query(&cfg).contains("'o''neil'"));
+    }
+}

@@ -1,0 +1,2285 @@
+//! The fail-closed analyzer.
+//!
+//! Every expression gets a class: plain data, a literal (which may have to
+//! be encrypted), NULL, a parameter, or ciphertext of one key domain. Rules
+//! combine classes: equality between ciphertext and literals encrypts the
+//! literals; equality between two domains, ordering, patterns, functions and
+//! casts on ciphertext are refused. Any construct the analyzer does not
+//! model is accepted only if it cannot involve an encrypted column; if it
+//! might, the statement is refused. Peer products forward what they cannot
+//! parse; pgveil refuses it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, CastKind, ConflictTarget, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, InTarget, Insert, JoinConstraint,
+    JoinOperator, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, OrderByKind, Query,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::refusal::Refusal;
+use super::source::{Source, same_token, snippet_tokens};
+use crate::catalog::{Catalog, Encrypted, Relation, RelationKind, StorageState};
+use crate::config::ValueType;
+
+/// A literal to replace with ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Bytes of the original text to replace (the literal and its cast).
+    pub range: Range<usize>,
+    /// The column whose cipher applies.
+    pub column: Encrypted,
+    /// The plaintext, in the column type's text form.
+    pub text: String,
+}
+
+/// What to do with one statement.
+#[derive(Debug, Clone, Default)]
+pub struct StatementPlan {
+    /// Byte range of the statement in the original text.
+    pub range: Range<usize>,
+    /// Literals to encrypt.
+    pub edits: Vec<Edit>,
+    /// For result columns PostgreSQL reports without an origin (set
+    /// operations, scalar subqueries): the encrypted column by position.
+    pub outputs: Vec<Option<Encrypted>>,
+    /// The statement changes the schema: reload the catalog after it.
+    pub refresh_catalog: bool,
+    /// The statement names a configured table or a view over one.
+    pub touches: bool,
+    /// `SET search_path` was seen.
+    pub sets_search_path: bool,
+}
+
+/// The analysis of one simple Query (possibly several statements).
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// Plans of the statements before the first refusal.
+    pub statements: Vec<StatementPlan>,
+    /// The refusal that stops the rest, if any.
+    pub refusal: Option<Refusal>,
+    /// Configured tables or columns named but absent from the catalog:
+    /// reload it and analyse again before acting.
+    pub stale: bool,
+}
+
+/// Names whose presence in a statement requires analysis.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// Lower-cased names of configured tables, views over them, and
+    /// encrypted columns.
+    pub names: Vec<String>,
+}
+
+impl Watched {
+    /// The names a catalog and config make sensitive.
+    pub fn new(catalog: &Catalog, configured: &[(String, String)], columns: &[String]) -> Watched {
+        let mut names: Vec<String> = configured.iter().map(|(_, t)| t.to_lowercase()).collect();
+        names.extend(catalog.relations().iter().map(|r| r.name.to_lowercase()));
+        names.extend(columns.iter().map(|c| c.to_lowercase()));
+        names.sort();
+        names.dedup();
+        Watched { names }
+    }
+
+    /// Whether any watched name occurs as a word in `text`.
+    pub fn mentioned_in(&self, text: &str) -> bool {
+        let lower = text.to_lowercase();
+        lower
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .any(|w| self.names.iter().any(|n| n == w))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Lit {
+    range: Range<usize>,
+    text: String,
+    cast: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Class {
+    Plain,
+    Null,
+    Param,
+    Lits(Vec<Lit>),
+    Enc { col: Encrypted, direct: bool },
+}
+
+#[derive(Debug, Clone)]
+struct Out {
+    name: String,
+    class: Class,
+}
+
+#[derive(Debug, Clone)]
+enum RelSource<'c> {
+    Catalog(&'c Relation),
+    Derived(Vec<Out>),
+    Other,
+}
+
+#[derive(Debug, Clone)]
+struct Rel<'c> {
+    name: String,
+    schema: Option<String>,
+    source: RelSource<'c>,
+}
+
+struct Scope<'s, 'c> {
+    rels: Vec<Rel<'c>>,
+    parent: Option<&'s Scope<'s, 'c>>,
+}
+
+/// Identifier as PostgreSQL folds it.
+fn norm(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+fn name_parts(n: &ObjectName) -> Vec<String> {
+    n.0.iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => norm(i),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+struct Ctx<'c, 'a> {
+    catalog: &'c Catalog,
+    source: &'a Source<'a>,
+    watched: &'a Watched,
+    edits: Vec<Edit>,
+    ctes: Vec<(String, Vec<Out>)>,
+    touches: bool,
+    stale: bool,
+    configured: &'a [(String, String)],
+}
+
+type R<T> = Result<T, Refusal>;
+
+fn refuse_col(col: &Encrypted, op: impl Into<String>, reason: &'static str) -> Refusal {
+    Refusal::on_column(&col.id.to_string(), op, reason)
+}
+
+/// Analyses a simple Query's text against the catalog.
+///
+/// `configured` are the configured `(schema, table)` names, so that a
+/// configured table missing from the catalog is noticed (`stale`).
+pub fn analyze(
+    text: &str,
+    catalog: &Catalog,
+    watched: &Watched,
+    configured: &[(String, String)],
+) -> Analysis {
+    let unparsed = || Analysis {
+        refusal: Some(Refusal::general(
+            "statement names an encrypted table but could not be analysed",
+            "unparsed",
+        )),
+        ..Analysis::default()
+    };
+    let Some(source) = Source::new(text) else {
+        return unparsed();
+    };
+    let dialect = PostgreSqlDialect {};
+    let Ok(statements) = Parser::parse_sql(&dialect, text) else {
+        return unparsed();
+    };
+    let ranges = source.statements();
+    if ranges.len() != statements.len() {
+        return unparsed();
+    }
+    let mut analysis = Analysis::default();
+    for (stmt, range) in statements.iter().zip(ranges) {
+        let stmt_text = &text[range.clone()];
+        if !watched.mentioned_in(stmt_text) {
+            analysis.statements.push(StatementPlan {
+                range,
+                refresh_catalog: is_ddl(stmt),
+                sets_search_path: sets_search_path(stmt),
+                ..StatementPlan::default()
+            });
+            continue;
+        }
+        let mut ctx = Ctx {
+            catalog,
+            source: &source,
+            watched,
+            edits: Vec::new(),
+            ctes: Vec::new(),
+            touches: false,
+            stale: false,
+            configured,
+        };
+        match ctx.statement(stmt) {
+            Ok(outputs) => {
+                if ctx.stale {
+                    analysis.stale = true;
+                }
+                let hints = outputs
+                    .map(|outs| {
+                        outs.into_iter()
+                            .map(|o| match o.class {
+                                Class::Enc { col, direct: false } => Some(col),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                analysis.statements.push(StatementPlan {
+                    range,
+                    edits: ctx.edits,
+                    outputs: hints,
+                    refresh_catalog: is_ddl(stmt),
+                    touches: ctx.touches,
+                    sets_search_path: sets_search_path(stmt),
+                });
+            }
+            Err(r) => {
+                if ctx.stale {
+                    analysis.stale = true;
+                }
+                analysis.refusal = Some(r);
+                break;
+            }
+        }
+    }
+    analysis
+}
+
+fn is_ddl(stmt: &Statement) -> bool {
+    matches!(
+        stmt,
+        Statement::CreateTable(_)
+            | Statement::AlterTable(_)
+            | Statement::CreateView(_)
+            | Statement::Drop { .. }
+            | Statement::CreateSchema { .. }
+            | Statement::AlterView { .. }
+            | Statement::CreateIndex(_)
+    )
+}
+
+fn sets_search_path(stmt: &Statement) -> bool {
+    let s = stmt.to_string().to_lowercase();
+    s.starts_with("set") && s.contains("search_path")
+}
+
+impl<'c, 'a> Ctx<'c, 'a> {
+    /// Analyses a statement; returns its output columns when it has a
+    /// result whose positions are known.
+    fn statement(&mut self, stmt: &Statement) -> R<Option<Vec<Out>>> {
+        match stmt {
+            Statement::Query(q) => {
+                let outs = self.query(q, None)?;
+                Ok(outs)
+            }
+            Statement::Insert(ins) => self.insert(ins, None),
+            Statement::Update(u) => {
+                let mut rels = Vec::new();
+                let target = self.table_with_joins(&u.table, &mut rels, None)?;
+                let _ = target;
+                if let Some(from) = &u.from {
+                    let list = match from {
+                        UpdateTableFromKind::BeforeSet(l) | UpdateTableFromKind::AfterSet(l) => l,
+                    };
+                    for t in list {
+                        self.table_with_joins(t, &mut rels, None)?;
+                    }
+                }
+                let scope = Scope { rels, parent: None };
+                self.view_write_check(&scope)?;
+                for a in &u.assignments {
+                    let targets: Vec<&ObjectName> = match &a.target {
+                        AssignmentTarget::ColumnName(n) => vec![n],
+                        AssignmentTarget::Tuple(ns) => ns.iter().collect(),
+                    };
+                    if targets.len() != 1 {
+                        if targets
+                            .iter()
+                            .any(|n| self.target_column(&scope, n).is_some())
+                        {
+                            return Err(Refusal::general(
+                                "multi-column assignment to an encrypted column",
+                                "unsupported",
+                            ));
+                        }
+                        self.expr(&a.value, &scope)?;
+                        continue;
+                    }
+                    let target = self.target_column(&scope, targets[0]);
+                    let value = self.expr(&a.value, &scope)?;
+                    self.assign(target.as_ref(), value)?;
+                }
+                if let Some(w) = &u.selection {
+                    self.predicate(w, &scope)?;
+                }
+                match &u.returning {
+                    Some(items) => Ok(Some(self.projection(items, &scope, &[])?)),
+                    None => Ok(None),
+                }
+            }
+            Statement::Delete(d) => {
+                let mut rels = Vec::new();
+                let tables = match &d.from {
+                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+                };
+                for t in tables {
+                    self.table_with_joins(t, &mut rels, None)?;
+                }
+                if let Some(using) = &d.using {
+                    for t in using {
+                        self.table_with_joins(t, &mut rels, None)?;
+                    }
+                }
+                let scope = Scope { rels, parent: None };
+                self.view_write_check(&scope)?;
+                if let Some(w) = &d.selection {
+                    self.predicate(w, &scope)?;
+                }
+                match &d.returning {
+                    Some(items) => Ok(Some(self.projection(items, &scope, &[])?)),
+                    None => Ok(None),
+                }
+            }
+            Statement::Explain { statement, .. } => self.statement(statement),
+            Statement::Declare { stmts, .. } => {
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        self.query(q, None)?;
+                    }
+                }
+                Ok(None)
+            }
+            Statement::Copy { .. } => {
+                self.touches = true;
+                Err(Refusal::general(
+                    "COPY on a table with encrypted columns is not supported yet",
+                    "copy",
+                ))
+            }
+            Statement::CreateView(v) => {
+                // The view's own reads are judged when it is used.
+                self.touches = true;
+                let _ = v;
+                Ok(None)
+            }
+            Statement::CreateTable(ct) => {
+                if let Some(q) = &ct.query {
+                    let outs = self.query(q, None)?;
+                    if let Some(outs) = outs {
+                        if let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
+                        {
+                            return Err(Refusal::general(
+                                format!(
+                                    "CREATE TABLE AS would copy ciphertext of column {} into an unconfigured table",
+                                    o.name
+                                ),
+                                "unsupported",
+                            ));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Statement::AlterTable(_)
+            | Statement::Drop { .. }
+            | Statement::CreateIndex(_)
+            | Statement::Truncate(_)
+            | Statement::Comment { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::Fetch { .. }
+            | Statement::Close { .. }
+            | Statement::Discard { .. }
+            | Statement::Deallocate { .. } => Ok(None),
+            other => Err(Refusal::general(
+                format!(
+                    "{} statements naming encrypted tables or columns are not supported",
+                    statement_kind(other)
+                ),
+                "unsupported",
+            )),
+        }
+    }
+
+    fn view_write_check(&self, scope: &Scope<'_, 'c>) -> R<()> {
+        if let Some(rel) = scope.rels.first() {
+            if let RelSource::Catalog(r) = &rel.source {
+                if r.kind == RelationKind::View {
+                    return Err(Refusal::general(
+                        format!("writing through view {}.{}", r.schema, r.name),
+                        "view_write",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, ins: &Insert, _parent: Option<&Scope<'_, 'c>>) -> R<Option<Vec<Out>>> {
+        let name = match &ins.table {
+            TableObject::TableName(n) => n,
+            TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
+                return Err(Refusal::general(
+                    "INSERT into a table function",
+                    "unsupported",
+                ));
+            }
+        };
+        let rel = self.relation(name)?;
+        let alias = ins
+            .table_alias
+            .as_ref()
+            .map(|a| norm(&a.alias))
+            .unwrap_or_else(|| name_parts(name).last().cloned().unwrap_or_default());
+        let target_rel = Rel {
+            name: alias,
+            schema: None,
+            source: rel.clone(),
+        };
+        let scope = Scope {
+            rels: vec![target_rel.clone()],
+            parent: None,
+        };
+        self.view_write_check(&scope)?;
+        // Target columns, in order; None = unknown table (plain).
+        let targets: Option<Vec<Option<Encrypted>>> = match &rel {
+            RelSource::Catalog(r) => Some(if ins.columns.is_empty() {
+                r.columns.iter().map(|c| c.encrypted.clone()).collect()
+            } else {
+                ins.columns
+                    .iter()
+                    .map(|c| {
+                        let parts = name_parts(c);
+                        let col = parts.last().cloned().unwrap_or_default();
+                        r.column(&col).and_then(|c| c.encrypted.clone())
+                    })
+                    .collect()
+            }),
+            _ => None,
+        };
+        if let Some(t) = &targets {
+            for col in t.iter().flatten() {
+                self.check_storage(col)?;
+            }
+        }
+        if let Some(src) = &ins.source {
+            let outs = self.insert_source(src, targets.as_deref())?;
+            let _ = outs;
+        }
+        if let Some(OnInsert::OnConflict(oc)) = &ins.on {
+            if let Some(ConflictTarget::Columns { .. }) = &oc.conflict_target {
+                // Unique columns: equality inside the database, fine on ciphertext.
+            }
+            if let OnConflictAction::DoUpdate(du) = &oc.action {
+                let mut rels = scope.rels.clone();
+                rels.push(Rel {
+                    name: "excluded".into(),
+                    schema: None,
+                    source: rel.clone(),
+                });
+                let s2 = Scope { rels, parent: None };
+                for a in &du.assignments {
+                    let AssignmentTarget::ColumnName(n) = &a.target else {
+                        return Err(Refusal::general(
+                            "multi-column assignment in ON CONFLICT",
+                            "unsupported",
+                        ));
+                    };
+                    let target = self.target_column(&s2, n);
+                    let value = self.expr(&a.value, &s2)?;
+                    self.assign(target.as_ref(), value)?;
+                }
+                if let Some(w) = &du.selection {
+                    self.predicate(w, &s2)?;
+                }
+            }
+        } else if let Some(OnInsert::DuplicateKeyUpdate(_)) = &ins.on {
+            return Err(Refusal::general("ON DUPLICATE KEY", "unsupported"));
+        }
+        match &ins.returning {
+            Some(items) => Ok(Some(self.projection(items, &scope, &[])?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The source of an INSERT: each value must fit its target column.
+    fn insert_source(&mut self, src: &Query, targets: Option<&[Option<Encrypted>]>) -> R<()> {
+        if let (SetExpr::Values(values), None) = (src.body.as_ref(), &src.with) {
+            for row in &values.rows {
+                for (i, e) in row.content.iter().enumerate() {
+                    let target = targets.and_then(|t| t.get(i)).cloned().flatten();
+                    if is_default(e) {
+                        continue;
+                    }
+                    let class = self.expr(
+                        e,
+                        &Scope {
+                            rels: vec![],
+                            parent: None,
+                        },
+                    )?;
+                    self.assign(target.as_ref(), class)?;
+                }
+            }
+            return Ok(());
+        }
+        let outs = self.query(src, None)?;
+        match (outs, targets) {
+            (Some(outs), Some(targets)) => {
+                for (o, t) in outs.into_iter().zip(targets.iter()) {
+                    self.assign(t.as_ref(), o.class)?;
+                }
+                Ok(())
+            }
+            (Some(outs), None) => {
+                for o in outs {
+                    self.assign(None, o.class)?;
+                }
+                Ok(())
+            }
+            (None, Some(t)) if t.iter().all(|c| c.is_none()) => Ok(()),
+            (None, _) => Err(Refusal::general(
+                "INSERT ... SELECT whose columns pgveil cannot line up with the encrypted target columns",
+                "unsupported",
+            )),
+        }
+    }
+
+    /// A value flowing into a column (`None` = a plaintext column).
+    fn assign(&mut self, target: Option<&Encrypted>, value: Class) -> R<()> {
+        match (target, value) {
+            (Some(t), Class::Lits(lits)) => {
+                for l in lits {
+                    self.encrypt_literal(&l, t)?;
+                }
+                Ok(())
+            }
+            (Some(_), Class::Null) => Ok(()),
+            (Some(t), Class::Enc { col, .. }) => {
+                if col.domain == t.domain && col.storage == t.storage {
+                    Ok(())
+                } else {
+                    Err(refuse_col(
+                        t,
+                        format!(
+                            "copying values of {} (another key domain or storage)",
+                            col.id
+                        ),
+                        "mixed_domains",
+                    ))
+                }
+            }
+            (Some(t), Class::Param) => Err(refuse_col(t, "a parameter", "unsupported")),
+            (Some(t), Class::Plain) => Err(refuse_col(
+                t,
+                "writing a value pgveil cannot see (an expression or plaintext column)",
+                "plaintext_comparison",
+            )),
+            (None, Class::Enc { col, .. }) => Err(refuse_col(
+                &col,
+                "copying ciphertext into a column that is not encrypted",
+                "plaintext_comparison",
+            )),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted) -> R<()> {
+        self.check_storage(col)?;
+        if let Some(cast) = &lit.cast {
+            if !cast_fits(cast, col.value_type) {
+                return Err(refuse_col(
+                    col,
+                    format!("a value cast to {cast}"),
+                    "function",
+                ));
+            }
+        }
+        if let Some(prev) = self.edits.iter().find(|e| e.range == lit.range) {
+            if prev.column.domain != col.domain {
+                return Err(refuse_col(
+                    col,
+                    "one literal flowing into two key domains",
+                    "mixed_domains",
+                ));
+            }
+            return Ok(());
+        }
+        self.edits.push(Edit {
+            range: lit.range.clone(),
+            column: col.clone(),
+            text: lit.text.clone(),
+        });
+        Ok(())
+    }
+
+    fn check_storage(&self, col: &Encrypted) -> R<()> {
+        if let StorageState::Unsupported(t) = &col.storage {
+            return Err(Refusal::on_column(
+                &col.id.to_string(),
+                format!("storing ciphertext in type {t}"),
+                "storage",
+            ));
+        }
+        Ok(())
+    }
+
+    fn target_column(&self, scope: &Scope<'_, 'c>, n: &ObjectName) -> Option<Encrypted> {
+        let parts = name_parts(n);
+        let col = parts.last()?;
+        scope.rels.first().and_then(|r| match &r.source {
+            RelSource::Catalog(rel) => rel.column(col).and_then(|c| c.encrypted.clone()),
+            _ => None,
+        })
+    }
+
+    /// Resolves a table name to what pgveil knows of it.
+    fn relation(&mut self, name: &ObjectName) -> R<RelSource<'c>> {
+        let parts = name_parts(name);
+        let (schema, table) = match parts.as_slice() {
+            [t] => (None, t.clone()),
+            [s, t] => (Some(s.clone()), t.clone()),
+            [_, s, t] => (Some(s.clone()), t.clone()),
+            _ => return Ok(RelSource::Other),
+        };
+        if schema.is_none() {
+            if let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == table) {
+                return Ok(RelSource::Derived(outs.clone()));
+            }
+        }
+        let found = match &schema {
+            Some(s) => self.catalog.relation(s, &table),
+            None => self.catalog.resolve_unqualified(&table),
+        };
+        match found {
+            Some(r) => {
+                self.touches = true;
+                if let Some(why) = &r.opaque {
+                    return Err(Refusal::general(
+                        format!("view {}.{} cannot be analysed ({why})", r.schema, r.name),
+                        "unparsed",
+                    ));
+                }
+                Ok(RelSource::Catalog(r))
+            }
+            None => {
+                let configured = self
+                    .configured
+                    .iter()
+                    .any(|(s, t)| *t == table && schema.as_ref().is_none_or(|want| want == s));
+                if configured {
+                    // Configured but unknown here: the catalog may be stale.
+                    self.stale = true;
+                }
+                Ok(RelSource::Other)
+            }
+        }
+    }
+
+    fn table_with_joins(
+        &mut self,
+        t: &TableWithJoins,
+        rels: &mut Vec<Rel<'c>>,
+        parent: Option<&Scope<'_, 'c>>,
+    ) -> R<()> {
+        self.table_factor(&t.relation, rels, parent)?;
+        for j in &t.joins {
+            self.table_factor(&j.relation, rels, parent)?;
+            let constraint = match &j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c)
+                | JoinOperator::CrossJoin(c) => c,
+                other => {
+                    return Err(Refusal::general(
+                        format!("join kind {other:?}")
+                            .chars()
+                            .take(40)
+                            .collect::<String>(),
+                        "unsupported",
+                    ));
+                }
+            };
+            match constraint {
+                JoinConstraint::On(e) => {
+                    let scope = Scope {
+                        rels: rels.clone(),
+                        parent,
+                    };
+                    self.predicate(e, &scope)?;
+                }
+                JoinConstraint::Using(cols) => {
+                    let n = rels.len();
+                    for c in cols {
+                        let parts = name_parts(c);
+                        let Some(col) = parts.last() else { continue };
+                        let left = Scope {
+                            rels: rels[..n - 1].to_vec(),
+                            parent: None,
+                        };
+                        let right = Scope {
+                            rels: rels[n - 1..].to_vec(),
+                            parent: None,
+                        };
+                        let l = self.lookup(&left, None, col)?.unwrap_or(Class::Plain);
+                        let r = self.lookup(&right, None, col)?.unwrap_or(Class::Plain);
+                        self.compare(l, r, "=")?;
+                    }
+                }
+                JoinConstraint::Natural => {
+                    if rels
+                        .iter()
+                        .any(|r| matches!(r.source, RelSource::Catalog(_)))
+                    {
+                        return Err(Refusal::general(
+                            "NATURAL JOIN with a table holding encrypted columns",
+                            "unsupported",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn table_factor(
+        &mut self,
+        f: &TableFactor,
+        rels: &mut Vec<Rel<'c>>,
+        parent: Option<&Scope<'_, 'c>>,
+    ) -> R<()> {
+        match f {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => {
+                let source = if args.is_some() {
+                    if self.watched.mentioned_in(&f.to_string()) {
+                        return Err(Refusal::general(
+                            "a table function over encrypted data",
+                            "function",
+                        ));
+                    }
+                    RelSource::Other
+                } else {
+                    self.relation(name)?
+                };
+                let parts = name_parts(name);
+                let source = apply_alias_columns(source, alias.as_ref().map(|a| &a.columns[..]));
+                rels.push(Rel {
+                    name: alias
+                        .as_ref()
+                        .map(|a| norm(&a.name))
+                        .unwrap_or_else(|| parts.last().cloned().unwrap_or_default()),
+                    schema: if alias.is_none() && parts.len() > 1 {
+                        parts.get(parts.len() - 2).cloned()
+                    } else {
+                        None
+                    },
+                    source,
+                });
+                Ok(())
+            }
+            TableFactor::Derived {
+                lateral,
+                subquery,
+                alias,
+                ..
+            } => {
+                let outs = if *lateral {
+                    let scope = Scope {
+                        rels: rels.clone(),
+                        parent,
+                    };
+                    self.query(subquery, Some(&scope))?
+                } else {
+                    self.query(subquery, None)?
+                };
+                let source = match outs {
+                    Some(o) => RelSource::Derived(o),
+                    None => RelSource::Other,
+                };
+                let source = apply_alias_columns(source, alias.as_ref().map(|a| &a.columns[..]));
+                rels.push(Rel {
+                    name: alias.as_ref().map(|a| norm(&a.name)).unwrap_or_default(),
+                    schema: None,
+                    source,
+                });
+                Ok(())
+            }
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias,
+            } => {
+                if alias.is_some() {
+                    return Err(Refusal::general(
+                        "an aliased parenthesised join",
+                        "unsupported",
+                    ));
+                }
+                self.table_with_joins(table_with_joins, rels, parent)
+            }
+            other => {
+                if self.watched.mentioned_in(&other.to_string()) {
+                    return Err(Refusal::general(
+                        "this kind of FROM item over encrypted data",
+                        "unsupported",
+                    ));
+                }
+                rels.push(Rel {
+                    name: String::new(),
+                    schema: None,
+                    source: RelSource::Other,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Analyses a query; returns its output columns, or `None` when their
+    /// positions cannot be known (a `*` over a table pgveil knows nothing of).
+    fn query(&mut self, q: &Query, parent: Option<&Scope<'_, 'c>>) -> R<Option<Vec<Out>>> {
+        let pushed = self.ctes.len();
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                let outs = self.query(&cte.query, parent)?;
+                let outs = match outs {
+                    Some(o) => o,
+                    None => {
+                        if self.watched.mentioned_in(&cte.query.to_string()) {
+                            return Err(Refusal::general(
+                                "a WITH query whose columns cannot be determined",
+                                "unsupported",
+                            ));
+                        }
+                        Vec::new()
+                    }
+                };
+                let outs = match apply_alias_columns(
+                    RelSource::Derived(outs),
+                    Some(&cte.alias.columns[..]),
+                ) {
+                    RelSource::Derived(o) => o,
+                    _ => Vec::new(),
+                };
+                self.ctes.push((norm(&cte.alias.name), outs));
+            }
+        }
+        let order: Vec<&Expr> = match &q.order_by {
+            Some(ob) => match &ob.kind {
+                OrderByKind::Expressions(list) => list.iter().map(|o| &o.expr).collect(),
+                OrderByKind::All(_) => {
+                    return Err(Refusal::general("ORDER BY ALL", "unsupported"));
+                }
+            },
+            None => Vec::new(),
+        };
+        let result = self.set_expr(&q.body, parent, &order);
+        if let Some(lc) = &q.limit_clause {
+            if self.watched.mentioned_in(&lc.to_string()) {
+                let scope = Scope {
+                    rels: vec![],
+                    parent,
+                };
+                let _ = scope;
+            }
+        }
+        self.ctes.truncate(pushed);
+        result
+    }
+
+    fn set_expr(
+        &mut self,
+        body: &SetExpr,
+        parent: Option<&Scope<'_, 'c>>,
+        order: &[&Expr],
+    ) -> R<Option<Vec<Out>>> {
+        match body {
+            SetExpr::Select(s) => {
+                let mut rels = Vec::new();
+                for t in &s.from {
+                    self.table_with_joins(t, &mut rels, parent)?;
+                }
+                let scope = Scope { rels, parent };
+                if let Some(w) = &s.selection {
+                    self.predicate(w, &scope)?;
+                }
+                let outs = self.projection(&s.projection, &scope, order)?;
+                match &s.group_by {
+                    GroupByExpr::Expressions(exprs, _) => {
+                        for e in exprs {
+                            // Grouping compares for equality: fine on ciphertext.
+                            if let Some(o) = positional(e, &outs) {
+                                let _ = o;
+                                continue;
+                            }
+                            if let Some(o) = alias_ref(e, &outs) {
+                                let _ = o;
+                                continue;
+                            }
+                            self.expr(e, &scope)?;
+                        }
+                    }
+                    GroupByExpr::All(_) => {}
+                }
+                if let Some(h) = &s.having {
+                    self.predicate(h, &scope)?;
+                }
+                if s.into.is_some() {
+                    if let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. })) {
+                        return Err(Refusal::general(
+                            format!(
+                                "SELECT INTO would copy ciphertext of column {} into an unconfigured table",
+                                o.name
+                            ),
+                            "unsupported",
+                        ));
+                    }
+                }
+                if !s.named_window.is_empty() && self.watched.mentioned_in(&s.to_string()) {
+                    return Err(Refusal::general(
+                        "WINDOW clauses over encrypted data",
+                        "unsupported",
+                    ));
+                }
+                if outs.iter().any(|o| o.name == "*") {
+                    return Ok(None);
+                }
+                Ok(Some(outs))
+            }
+            SetExpr::Query(q) => self.query(q, parent),
+            SetExpr::SetOperation { left, right, .. } => {
+                let l = self.set_expr(left, parent, &[])?;
+                let r = self.set_expr(right, parent, &[])?;
+                let (Some(l), Some(r)) = (l, r) else {
+                    return Ok(None);
+                };
+                if l.len() != r.len() {
+                    return Ok(None);
+                }
+                let mut outs = Vec::with_capacity(l.len());
+                for (a, b) in l.into_iter().zip(r) {
+                    let class = self.unify(a.class, b.class)?;
+                    outs.push(Out {
+                        name: a.name,
+                        class,
+                    });
+                }
+                self.order_by(order, &outs, None)?;
+                Ok(Some(outs))
+            }
+            SetExpr::Values(values) => {
+                let scope = Scope {
+                    rels: vec![],
+                    parent,
+                };
+                let mut outs: Option<Vec<Out>> = None;
+                for row in &values.rows {
+                    let mut classes = Vec::with_capacity(row.len());
+                    for e in &row.content {
+                        classes.push(self.expr(e, &scope)?);
+                    }
+                    outs = Some(match outs {
+                        None => classes
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, c)| Out {
+                                name: format!("column{}", i + 1),
+                                class: c,
+                            })
+                            .collect(),
+                        Some(prev) => {
+                            let mut merged = Vec::with_capacity(prev.len());
+                            for (p, c) in prev.into_iter().zip(classes) {
+                                merged.push(Out {
+                                    name: p.name,
+                                    class: self.unify(p.class, c)?,
+                                });
+                            }
+                            merged
+                        }
+                    });
+                }
+                Ok(outs)
+            }
+            SetExpr::Table(t) => {
+                let name = ObjectName::from(
+                    t.schema_name
+                        .iter()
+                        .chain(t.table_name.iter())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+                match self.relation(&name)? {
+                    RelSource::Catalog(r) => Ok(Some(relation_outputs(r)?)),
+                    RelSource::Derived(o) => Ok(Some(o)),
+                    RelSource::Other => Ok(None),
+                }
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => self.statement(s),
+            other => {
+                if self.watched.mentioned_in(&other.to_string()) {
+                    return Err(Refusal::general(
+                        "this query form over encrypted data",
+                        "unsupported",
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Two classes meeting in one output column (UNION, VALUES rows).
+    fn unify(&mut self, a: Class, b: Class) -> R<Class> {
+        Ok(match (a, b) {
+            (Class::Enc { col, .. }, Class::Enc { col: c2, .. }) => {
+                if col.domain != c2.domain || col.storage != c2.storage {
+                    return Err(refuse_col(
+                        &col,
+                        format!("combining with {} in one result column", c2.id),
+                        "mixed_domains",
+                    ));
+                }
+                Class::Enc { col, direct: false }
+            }
+            (Class::Enc { col, .. }, Class::Lits(ls))
+            | (Class::Lits(ls), Class::Enc { col, .. }) => {
+                for l in &ls {
+                    self.encrypt_literal(l, &col)?;
+                }
+                Class::Enc { col, direct: false }
+            }
+            (Class::Enc { col, .. }, Class::Null) | (Class::Null, Class::Enc { col, .. }) => {
+                Class::Enc { col, direct: false }
+            }
+            (Class::Enc { col, .. }, _) | (_, Class::Enc { col, .. }) => {
+                return Err(refuse_col(
+                    &col,
+                    "combining with plaintext values in one result column",
+                    "plaintext_comparison",
+                ));
+            }
+            (Class::Lits(mut a), Class::Lits(b)) => {
+                a.extend(b);
+                Class::Lits(a)
+            }
+            (Class::Lits(a), Class::Null) | (Class::Null, Class::Lits(a)) => Class::Lits(a),
+            (Class::Null, Class::Null) => Class::Null,
+            _ => Class::Plain,
+        })
+    }
+
+    fn projection(
+        &mut self,
+        items: &[SelectItem],
+        scope: &Scope<'_, 'c>,
+        order: &[&Expr],
+    ) -> R<Vec<Out>> {
+        let mut outs = Vec::new();
+        for item in items {
+            match item {
+                SelectItem::UnnamedExpr(e) => {
+                    let class = self.expr(e, scope)?;
+                    outs.push(Out {
+                        name: expr_name(e),
+                        class,
+                    });
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let class = self.expr(expr, scope)?;
+                    outs.push(Out {
+                        name: norm(alias),
+                        class,
+                    });
+                }
+                SelectItem::Wildcard(_) => {
+                    for rel in &scope.rels {
+                        wildcard(rel, &mut outs)?;
+                    }
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let SelectItemQualifiedWildcardKind::ObjectName(n) = kind else {
+                        return Err(Refusal::general(
+                            "a wildcard on an expression",
+                            "unsupported",
+                        ));
+                    };
+                    let parts = name_parts(n);
+                    let Some(q) = parts.last() else {
+                        continue;
+                    };
+                    match scope.rels.iter().find(|r| r.name == *q) {
+                        Some(rel) => wildcard(rel, &mut outs)?,
+                        None => outs.push(Out {
+                            name: "*".into(),
+                            class: Class::Plain,
+                        }),
+                    }
+                }
+                other => {
+                    if self.watched.mentioned_in(&other.to_string()) {
+                        return Err(Refusal::general("this select-list form", "unsupported"));
+                    }
+                    outs.push(Out {
+                        name: "?column?".into(),
+                        class: Class::Plain,
+                    });
+                }
+            }
+        }
+        self.order_by(order, &outs, Some(scope))?;
+        Ok(outs)
+    }
+
+    fn order_by(&mut self, order: &[&Expr], outs: &[Out], scope: Option<&Scope<'_, 'c>>) -> R<()> {
+        for e in order {
+            let class = if let Some(o) = positional(e, outs) {
+                o.class.clone()
+            } else if let Some(o) = alias_ref(e, outs) {
+                o.class.clone()
+            } else if let Some(s) = scope {
+                self.expr(e, s)?
+            } else if self.watched.mentioned_in(&e.to_string()) {
+                return Err(Refusal::general("ORDER BY on a combined query", "order"));
+            } else {
+                Class::Plain
+            };
+            if let Class::Enc { col, .. } = class {
+                return Err(refuse_col(&col, "ORDER BY", "order"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A boolean condition (WHERE, ON, HAVING).
+    fn predicate(&mut self, e: &Expr, scope: &Scope<'_, 'c>) -> R<()> {
+        match self.expr(e, scope)? {
+            Class::Enc { col, .. } => Err(refuse_col(
+                &col,
+                "using the value as a condition",
+                "function",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn lookup(
+        &mut self,
+        scope: &Scope<'_, 'c>,
+        qualifier: Option<&[String]>,
+        col: &str,
+    ) -> R<Option<Class>> {
+        let mut level = Some(scope);
+        let mut unknown_nearer = false;
+        while let Some(s) = level {
+            let mut found: Vec<Class> = Vec::new();
+            let mut has_other = false;
+            for rel in &s.rels {
+                if let Some(q) = qualifier {
+                    let (qs, qt) = match q {
+                        [t] => (None, t),
+                        [s, t] => (Some(s), t),
+                        [_, s, t] => (Some(s), t),
+                        _ => continue,
+                    };
+                    if rel.name != *qt {
+                        continue;
+                    }
+                    if let (Some(want), Some(have)) = (qs, &rel.schema) {
+                        if want != have {
+                            continue;
+                        }
+                    }
+                }
+                match &rel.source {
+                    RelSource::Catalog(r) => {
+                        if let Some(c) = r.column(col) {
+                            found.push(match &c.encrypted {
+                                Some(e) => {
+                                    self.check_storage(e)?;
+                                    Class::Enc {
+                                        col: e.clone(),
+                                        direct: true,
+                                    }
+                                }
+                                None => Class::Plain,
+                            });
+                        }
+                    }
+                    RelSource::Derived(outs) => {
+                        if let Some(o) = outs.iter().find(|o| o.name == col) {
+                            found.push(o.class.clone());
+                        }
+                    }
+                    RelSource::Other => has_other = true,
+                }
+            }
+            if !found.is_empty() {
+                let enc = found.iter().any(|c| matches!(c, Class::Enc { .. }));
+                if enc && (found.len() > 1 || unknown_nearer) {
+                    return Err(Refusal::general(
+                        format!("ambiguous reference to encrypted column {col}"),
+                        "unsupported",
+                    ));
+                }
+                return Ok(found.into_iter().next());
+            }
+            if has_other && qualifier.is_none() {
+                unknown_nearer = true;
+            }
+            if qualifier.is_some()
+                && s.rels
+                    .iter()
+                    .any(|r| qualifier.and_then(|q| q.last()) == Some(&r.name))
+            {
+                return Ok(Some(Class::Plain));
+            }
+            level = s.parent;
+        }
+        Ok(None)
+    }
+
+    fn column_ref(&mut self, parts: &[Ident], scope: &Scope<'_, 'c>) -> R<Class> {
+        let names: Vec<String> = parts.iter().map(norm).collect();
+        let Some((col, qual)) = names.split_last() else {
+            return Ok(Class::Plain);
+        };
+        let qualifier = if qual.is_empty() { None } else { Some(qual) };
+        Ok(self.lookup(scope, qualifier, col)?.unwrap_or(Class::Plain))
+    }
+
+    /// Equality-like comparison of two classes.
+    fn compare(&mut self, l: Class, r: Class, op: &str) -> R<()> {
+        match (l, r) {
+            (Class::Enc { col: a, .. }, Class::Enc { col: b, .. }) => {
+                if a.domain == b.domain && a.storage == b.storage {
+                    Ok(())
+                } else {
+                    Err(refuse_col(
+                        &a,
+                        format!("comparing with {} (another key domain)", b.id),
+                        "mixed_domains",
+                    ))
+                }
+            }
+            (Class::Enc { col, .. }, Class::Lits(ls))
+            | (Class::Lits(ls), Class::Enc { col, .. }) => {
+                for l in &ls {
+                    self.encrypt_literal(l, &col)?;
+                }
+                Ok(())
+            }
+            (Class::Enc { .. }, Class::Null) | (Class::Null, Class::Enc { .. }) => Ok(()),
+            (Class::Enc { col, .. }, Class::Param) | (Class::Param, Class::Enc { col, .. }) => Err(
+                refuse_col(&col, format!("`{op}` with a parameter"), "unsupported"),
+            ),
+            (Class::Enc { col, .. }, Class::Plain) | (Class::Plain, Class::Enc { col, .. }) => {
+                Err(refuse_col(
+                    &col,
+                    format!("`{op}` with a plaintext expression"),
+                    "plaintext_comparison",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn literal(&self, e: &Expr) -> Option<R<Lit>> {
+        let text = literal_text(e)?;
+        let cast = literal_cast(e);
+        Some(match self.extent(e) {
+            Some((a, b)) => match self.source.range(a, b) {
+                Some(range) => Ok(Lit { range, text, cast }),
+                None => Err(Refusal::general(
+                    "a literal pgveil cannot locate",
+                    "unparsed",
+                )),
+            },
+            None => Err(Refusal::general(
+                "a literal pgveil cannot locate",
+                "unparsed",
+            )),
+        })
+    }
+
+    /// First and last token of a literal expression, casts included.
+    fn extent(&self, e: &Expr) -> Option<(usize, usize)> {
+        let src = self.source;
+        match e {
+            Expr::Value(v) => {
+                let i = src.token_at(v.span.start)?;
+                Some((i, i))
+            }
+            Expr::Nested(inner) => {
+                let (a, b) = self.extent(inner)?;
+                let (pa, nb) = (a.checked_sub(1)?, b + 1);
+                (matches!(src.token(pa)?, Token::LParen) && matches!(src.token(nb)?, Token::RParen))
+                    .then_some((pa, nb))
+            }
+            Expr::UnaryOp { op, expr } => {
+                let (a, b) = self.extent(expr)?;
+                let pa = a.checked_sub(1)?;
+                let ok = match op {
+                    UnaryOperator::Minus => matches!(src.token(pa)?, Token::Minus),
+                    UnaryOperator::Plus => matches!(src.token(pa)?, Token::Plus),
+                    _ => false,
+                };
+                ok.then_some((pa, b))
+            }
+            Expr::Cast {
+                kind,
+                expr,
+                data_type,
+                format: None,
+            } => {
+                let (a, b) = self.extent(expr)?;
+                let ty = snippet_tokens(&data_type.to_string())?;
+                match kind {
+                    CastKind::DoubleColon => {
+                        if !matches!(src.token(b + 1)?, Token::DoubleColon) {
+                            return None;
+                        }
+                        for (k, t) in ty.iter().enumerate() {
+                            if !same_token(src.token(b + 2 + k)?, t) {
+                                return None;
+                            }
+                        }
+                        Some((a, b + 1 + ty.len()))
+                    }
+                    CastKind::Cast => {
+                        let pa = a.checked_sub(2)?;
+                        let is_cast = matches!(src.token(pa)?, Token::Word(w) if w.value.eq_ignore_ascii_case("cast"));
+                        if !is_cast || !matches!(src.token(pa + 1)?, Token::LParen) {
+                            return None;
+                        }
+                        if !matches!(src.token(b + 1)?, Token::Word(w) if w.value.eq_ignore_ascii_case("as"))
+                        {
+                            return None;
+                        }
+                        for (k, t) in ty.iter().enumerate() {
+                            if !same_token(src.token(b + 2 + k)?, t) {
+                                return None;
+                            }
+                        }
+                        let close = b + 2 + ty.len();
+                        matches!(src.token(close)?, Token::RParen).then_some((pa, close))
+                    }
+                    _ => None,
+                }
+            }
+            Expr::TypedString(ts) => {
+                let i = src.token_at(ts.value.span.start)?;
+                let ty = snippet_tokens(&ts.data_type.to_string())?;
+                let start = i.checked_sub(ty.len())?;
+                for (k, t) in ty.iter().enumerate() {
+                    if !same_token(src.token(start + k)?, t) {
+                        return None;
+                    }
+                }
+                Some((start, i))
+            }
+            _ => None,
+        }
+    }
+
+    fn expr(&mut self, e: &Expr, scope: &Scope<'_, 'c>) -> R<Class> {
+        if let Expr::Value(v) = e {
+            match &v.value {
+                Value::Null => return Ok(Class::Null),
+                Value::Placeholder(_) => return Ok(Class::Param),
+                _ => {}
+            }
+        }
+        if let Some(lit) = self.literal(e) {
+            return Ok(Class::Lits(vec![lit?]));
+        }
+        match e {
+            Expr::Identifier(i) => self.column_ref(std::slice::from_ref(i), scope),
+            Expr::CompoundIdentifier(parts) => self.column_ref(parts, scope),
+            Expr::Nested(inner) => self.expr(inner, scope),
+            Expr::Value(_) => Ok(Class::Plain),
+            Expr::BinaryOp { left, op, right } => {
+                let l = self.expr(left, scope)?;
+                let r = self.expr(right, scope)?;
+                match op {
+                    BinaryOperator::Eq | BinaryOperator::NotEq => {
+                        self.compare(l, r, &op.to_string())?;
+                        Ok(Class::Plain)
+                    }
+                    BinaryOperator::And | BinaryOperator::Or => {
+                        for c in [l, r] {
+                            if let Class::Enc { col, .. } = c {
+                                return Err(refuse_col(&col, format!("`{op}`"), "function"));
+                            }
+                        }
+                        Ok(Class::Plain)
+                    }
+                    other => {
+                        let reason = match other {
+                            BinaryOperator::Lt
+                            | BinaryOperator::Gt
+                            | BinaryOperator::LtEq
+                            | BinaryOperator::GtEq => "order",
+                            BinaryOperator::PGRegexMatch
+                            | BinaryOperator::PGRegexIMatch
+                            | BinaryOperator::PGRegexNotMatch
+                            | BinaryOperator::PGRegexNotIMatch
+                            | BinaryOperator::PGLikeMatch
+                            | BinaryOperator::PGILikeMatch
+                            | BinaryOperator::PGNotLikeMatch
+                            | BinaryOperator::PGNotILikeMatch => "pattern",
+                            _ => "function",
+                        };
+                        for c in [l, r] {
+                            if let Class::Enc { col, .. } = c {
+                                return Err(refuse_col(
+                                    &col,
+                                    format!("operator `{other}`"),
+                                    reason,
+                                ));
+                            }
+                        }
+                        Ok(Class::Plain)
+                    }
+                }
+            }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
+                self.expr(inner, scope)?;
+                Ok(Class::Plain)
+            }
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                let l = self.expr(a, scope)?;
+                let r = self.expr(b, scope)?;
+                self.compare(l, r, "IS DISTINCT FROM")?;
+                Ok(Class::Plain)
+            }
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                ..
+            } => {
+                let l = self.expr(expr, scope)?;
+                for item in list {
+                    let r = self.expr(item, scope)?;
+                    if matches!(l, Class::Enc { .. }) || matches!(r, Class::Enc { .. }) {
+                        self.compare(l.clone(), r, "IN")?;
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::In {
+                expr,
+                target: InTarget::Subquery(subquery),
+                ..
+            } => {
+                let l = self.expr(expr, scope)?;
+                let outs = self.query(subquery, Some(scope))?;
+                match outs.and_then(|o| o.into_iter().next()) {
+                    Some(o) => self.compare(l, o.class, "IN")?,
+                    None => {
+                        if let Class::Enc { col, .. } = l {
+                            return Err(refuse_col(
+                                &col,
+                                "IN with a subquery pgveil cannot analyse",
+                                "unsupported",
+                            ));
+                        }
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::AnyOp {
+                left,
+                compare_op,
+                right,
+                ..
+            }
+            | Expr::AllOp {
+                left,
+                compare_op,
+                right,
+            } => {
+                let l = self.expr(left, scope)?;
+                let elems: Vec<&Expr> = match right.as_ref() {
+                    Expr::Array(a) => a.elem.iter().collect(),
+                    Expr::Nested(n) => match n.as_ref() {
+                        Expr::Array(a) => a.elem.iter().collect(),
+                        other => vec![other],
+                    },
+                    other => vec![other],
+                };
+                let eq = matches!(compare_op, BinaryOperator::Eq | BinaryOperator::NotEq);
+                for el in elems {
+                    if let (true, Expr::Subquery(q)) = (eq, el) {
+                        let outs = self.query(q, Some(scope))?;
+                        match outs.and_then(|o| o.into_iter().next()) {
+                            Some(o) => self.compare(l.clone(), o.class, "= ANY")?,
+                            None => {
+                                if let Class::Enc { col, .. } = &l {
+                                    return Err(refuse_col(
+                                        col,
+                                        "ANY with a subquery pgveil cannot analyse",
+                                        "unsupported",
+                                    ));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let r = self.expr(el, scope)?;
+                    if !eq {
+                        for c in [&l, &r] {
+                            if let Class::Enc { col, .. } = c {
+                                return Err(refuse_col(
+                                    col,
+                                    format!("`{compare_op}` ANY/ALL"),
+                                    "order",
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    if matches!(l, Class::Enc { .. })
+                        && !matches!(el, Expr::Array(_))
+                        && !matches!(r, Class::Lits(_) | Class::Null | Class::Enc { .. })
+                    {
+                        return Err(Refusal::general(
+                            "= ANY over an array pgveil cannot see into",
+                            "unsupported",
+                        ));
+                    }
+                    self.compare(l.clone(), r, "= ANY")?;
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                for x in [expr, low, high] {
+                    if let Class::Enc { col, .. } = self.expr(x, scope)? {
+                        return Err(refuse_col(&col, "BETWEEN", "order"));
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Like { expr, pattern, .. }
+            | Expr::ILike { expr, pattern, .. }
+            | Expr::SimilarTo { expr, pattern, .. }
+            | Expr::RLike { expr, pattern, .. } => {
+                for x in [expr, pattern] {
+                    if let Class::Enc { col, .. } = self.expr(x, scope)? {
+                        return Err(refuse_col(
+                            &col,
+                            "pattern matching (LIKE, ILIKE, SIMILAR TO, regex)",
+                            "pattern",
+                        ));
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Cast {
+                expr, data_type, ..
+            } => match self.expr(expr, scope)? {
+                Class::Enc { col, .. } => Err(refuse_col(
+                    &col,
+                    format!("a cast to {data_type}"),
+                    "function",
+                )),
+                Class::Param => Err(Refusal::general("a cast parameter", "unsupported")),
+                _ => Ok(Class::Plain),
+            },
+            Expr::UnaryOp { op, expr } => match self.expr(expr, scope)? {
+                Class::Enc { col, .. } => {
+                    Err(refuse_col(&col, format!("operator `{op}`"), "function"))
+                }
+                _ => Ok(Class::Plain),
+            },
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_lowercase();
+                let bare = name.rsplit('.').next().unwrap_or(&name).to_string();
+                let args: Vec<&Expr> = match &f.args {
+                    FunctionArguments::List(list) => list
+                        .args
+                        .iter()
+                        .filter_map(|a| match a {
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+                            | FunctionArg::Named {
+                                arg: FunctionArgExpr::Expr(e),
+                                ..
+                            }
+                            | FunctionArg::ExprNamed {
+                                arg: FunctionArgExpr::Expr(e),
+                                ..
+                            } => Some(e),
+                            _ => None,
+                        })
+                        .collect(),
+                    FunctionArguments::Subquery(q) => {
+                        self.query(q, Some(scope))?;
+                        Vec::new()
+                    }
+                    FunctionArguments::None => Vec::new(),
+                };
+                if let FunctionArguments::List(list) = &f.args {
+                    if !list.clauses.is_empty() && self.watched.mentioned_in(&e.to_string()) {
+                        return Err(Refusal::general(
+                            "aggregate clauses over encrypted data",
+                            "unsupported",
+                        ));
+                    }
+                }
+                if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+                    if self.watched.mentioned_in(&e.to_string()) {
+                        return Err(Refusal::general(
+                            "window or filtered aggregates over encrypted data",
+                            "unsupported",
+                        ));
+                    }
+                }
+                for a in args {
+                    if let Class::Enc { col, .. } = self.expr(a, scope)? {
+                        if bare != "count" {
+                            return Err(refuse_col(&col, format!("function {bare}()"), "function"));
+                        }
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => {
+                let op_class = match operand {
+                    Some(o) => Some(self.expr(o, scope)?),
+                    None => None,
+                };
+                let mut results = Vec::new();
+                for w in conditions {
+                    let c = self.expr(&w.condition, scope)?;
+                    match &op_class {
+                        Some(oc) => self.compare(oc.clone(), c, "CASE WHEN")?,
+                        None => {
+                            if let Class::Enc { col, .. } = c {
+                                return Err(refuse_col(
+                                    &col,
+                                    "using the value as a condition",
+                                    "function",
+                                ));
+                            }
+                        }
+                    }
+                    results.push(self.expr(&w.result, scope)?);
+                }
+                if let Some(e) = else_result {
+                    results.push(self.expr(e, scope)?);
+                }
+                for r in results {
+                    if let Class::Enc { col, .. } = r {
+                        return Err(refuse_col(&col, "a CASE that returns it", "function"));
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            Expr::Subquery(q) => {
+                let outs = self.query(q, Some(scope))?;
+                match outs.and_then(|o| o.into_iter().next()) {
+                    Some(Out {
+                        class: Class::Enc { col, .. },
+                        ..
+                    }) => Ok(Class::Enc { col, direct: false }),
+                    _ => Ok(Class::Plain),
+                }
+            }
+            Expr::Exists { subquery, .. } => {
+                self.query(subquery, Some(scope))?;
+                Ok(Class::Plain)
+            }
+            Expr::Array(a) => {
+                for el in &a.elem {
+                    if let Class::Enc { col, .. } = self.expr(el, scope)? {
+                        return Err(refuse_col(&col, "an array of it", "function"));
+                    }
+                }
+                Ok(Class::Plain)
+            }
+            other => {
+                // Anything not modelled: acceptable only if it cannot
+                // involve an encrypted column.
+                if self.watched.mentioned_in(&other.to_string()) {
+                    Err(Refusal::general(
+                        "an expression pgveil cannot analyse involves an encrypted table or column",
+                        "unparsed",
+                    ))
+                } else {
+                    Ok(Class::Plain)
+                }
+            }
+        }
+    }
+}
+
+fn is_default(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+fn expr_name(e: &Expr) -> String {
+    match e {
+        Expr::Identifier(i) => norm(i),
+        Expr::CompoundIdentifier(p) => p.last().map(norm).unwrap_or_default(),
+        _ => "?column?".into(),
+    }
+}
+
+fn positional<'o>(e: &Expr, outs: &'o [Out]) -> Option<&'o Out> {
+    if let Expr::Value(v) = e {
+        if let Value::Number(n, _) = &v.value {
+            let i: usize = n.parse().ok()?;
+            return outs.get(i.checked_sub(1)?);
+        }
+    }
+    None
+}
+
+fn alias_ref<'o>(e: &Expr, outs: &'o [Out]) -> Option<&'o Out> {
+    if let Expr::Identifier(i) = e {
+        let n = norm(i);
+        return outs.iter().find(|o| o.name == n && o.name != "?column?");
+    }
+    None
+}
+
+fn relation_outputs(r: &Relation) -> R<Vec<Out>> {
+    Ok(r.columns
+        .iter()
+        .map(|c| Out {
+            name: c.name.clone(),
+            class: match &c.encrypted {
+                Some(e) => Class::Enc {
+                    col: e.clone(),
+                    direct: true,
+                },
+                None => Class::Plain,
+            },
+        })
+        .collect())
+}
+
+fn wildcard(rel: &Rel<'_>, outs: &mut Vec<Out>) -> R<()> {
+    match &rel.source {
+        RelSource::Catalog(r) => outs.extend(relation_outputs(r)?),
+        RelSource::Derived(o) => outs.extend(o.iter().cloned()),
+        RelSource::Other => outs.push(Out {
+            name: "*".into(),
+            class: Class::Plain,
+        }),
+    }
+    Ok(())
+}
+
+/// Renames derived columns by an alias list `AS t(a, b)`.
+fn apply_alias_columns<'c>(
+    source: RelSource<'c>,
+    cols: Option<&[sqlparser::ast::TableAliasColumnDef]>,
+) -> RelSource<'c> {
+    let Some(cols) = cols.filter(|c| !c.is_empty()) else {
+        return source;
+    };
+    let outs = match source {
+        RelSource::Derived(o) => o,
+        RelSource::Catalog(r) => match relation_outputs(r) {
+            Ok(o) => o,
+            Err(_) => return RelSource::Other,
+        },
+        RelSource::Other => return RelSource::Other,
+    };
+    RelSource::Derived(
+        outs.into_iter()
+            .enumerate()
+            .map(|(i, mut o)| {
+                if let Some(c) = cols.get(i) {
+                    o.name = norm(&c.name);
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+/// The plaintext of a literal expression, if it is one.
+fn literal_text(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s)
+            | Value::NationalStringLiteral(s) => Some(s.clone()),
+            Value::DollarQuotedString(d) => Some(d.value.clone()),
+            Value::Number(n, _) => Some(n.to_string()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        Expr::Nested(inner) => literal_text(inner),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(format!("-{n}")),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr,
+        } => match expr.as_ref() {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => Some(n.to_string()),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::Cast {
+            expr,
+            format: None,
+            kind: CastKind::DoubleColon | CastKind::Cast,
+            ..
+        } => literal_text(expr),
+        Expr::TypedString(ts) => match &ts.value.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn literal_cast(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Cast { data_type, .. } => Some(data_type.to_string().to_lowercase()),
+        Expr::TypedString(ts) => Some(ts.data_type.to_string().to_lowercase()),
+        Expr::Nested(inner) => literal_cast(inner),
+        _ => None,
+    }
+}
+
+/// Whether a literal cast to `cast` is still a value of the column's type.
+fn cast_fits(cast: &str, ty: ValueType) -> bool {
+    let base = cast.split('(').next().unwrap_or(cast).trim();
+    let base = base.strip_prefix("pg_catalog.").unwrap_or(base);
+    match ty {
+        ValueType::Text | ValueType::Varchar => matches!(
+            base,
+            "text" | "varchar" | "character varying" | "char" | "character" | "bpchar"
+        ),
+        ValueType::Int2 | ValueType::Int4 | ValueType::Int8 => matches!(
+            base,
+            "int" | "integer" | "int2" | "int4" | "int8" | "smallint" | "bigint"
+        ),
+        ValueType::Bool => matches!(base, "bool" | "boolean"),
+        ValueType::Uuid => base == "uuid",
+        ValueType::Date => base == "date",
+        ValueType::Timestamp => matches!(base, "timestamp" | "timestamp without time zone"),
+        ValueType::Timestamptz => matches!(base, "timestamptz" | "timestamp with time zone"),
+        ValueType::Numeric => matches!(base, "numeric" | "decimal"),
+    }
+}
+
+fn statement_kind(s: &Statement) -> String {
+    let text = s.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+        .collect()
+}
+
+/// Positions of the edits, for tests.
+#[cfg(test)]
+fn edit_texts<'t>(text: &'t str, a: &Analysis) -> Vec<&'t str> {
+    a.statements
+        .iter()
+        .flat_map(|s| s.edits.iter().map(|e| &text[e.range.clone()]))
+        .collect()
+}
+
+#[allow(dead_code)]
+fn _unused(_: HashMap<(), ()>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, Relation};
+    use crate::config::ColumnId;
+
+    fn enc(table: &str, column: &str, domain: &str, ty: ValueType) -> Encrypted {
+        Encrypted {
+            id: ColumnId {
+                schema: "public".into(),
+                table: table.into(),
+                column: column.into(),
+            },
+            domain: domain.into(),
+            value_type: ty,
+            storage: StorageState::Bytea,
+        }
+    }
+
+    fn col(name: &str, attnum: i16, e: Option<Encrypted>) -> Column {
+        Column {
+            name: name.into(),
+            attnum,
+            type_name: if e.is_some() {
+                "bytea".into()
+            } else {
+                "int4".into()
+            },
+            has_default: false,
+            encrypted: e,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::from_relations(
+            vec![
+                Relation {
+                    oid: 100,
+                    schema: "public".into(),
+                    name: "customers".into(),
+                    kind: RelationKind::Table,
+                    columns: vec![
+                        col("id", 1, None),
+                        col(
+                            "email",
+                            2,
+                            Some(enc("customers", "email", "email", ValueType::Text)),
+                        ),
+                        col(
+                            "birth_date",
+                            3,
+                            Some(enc("customers", "birth_date", "bd", ValueType::Date)),
+                        ),
+                        col("score", 4, None),
+                    ],
+                    opaque: None,
+                    definition: None,
+                },
+                Relation {
+                    oid: 200,
+                    schema: "public".into(),
+                    name: "leads".into(),
+                    kind: RelationKind::Table,
+                    columns: vec![
+                        col("id", 1, None),
+                        col(
+                            "email",
+                            2,
+                            Some(enc("leads", "email", "email", ValueType::Text)),
+                        ),
+                        col(
+                            "phone",
+                            3,
+                            Some(enc("leads", "phone", "phone", ValueType::Text)),
+                        ),
+                    ],
+                    opaque: None,
+                    definition: None,
+                },
+            ],
+            vec!["public".into()],
+        )
+    }
+
+    fn run(sql: &str) -> Analysis {
+        let c = catalog();
+        let configured = vec![
+            ("public".to_string(), "customers".to_string()),
+            ("public".to_string(), "leads".to_string()),
+        ];
+        let w = Watched::new(
+            &c,
+            &configured,
+            &["email".into(), "birth_date".into(), "phone".into()],
+        );
+        analyze(sql, &c, &w, &configured)
+    }
+
+    fn ok_edits(sql: &str) -> Vec<String> {
+        let a = run(sql);
+        assert!(a.refusal.is_none(), "{sql}: {:?}", a.refusal);
+        edit_texts(sql, &a).into_iter().map(String::from).collect()
+    }
+
+    fn refused(sql: &str) -> Refusal {
+        run(sql)
+            .refusal
+            .unwrap_or_else(|| panic!("not refused: {sql}"))
+    }
+
+    #[test]
+    fn insert_values_with_and_without_column_list() {
+        assert_eq!(
+            ok_edits("INSERT INTO customers (id, email) VALUES (1, 'a@x'), (2, E'b@x')"),
+            vec!["'a@x'", "E'b@x'"]
+        );
+        assert_eq!(
+            ok_edits("insert into customers values (1, 'a@x', DATE '2020-01-01', 5)"),
+            vec!["'a@x'", "DATE '2020-01-01'"]
+        );
+        assert_eq!(
+            ok_edits(
+                "insert into customers (birth_date) values ('2020-01-01'::date), (CAST('2020-01-02' AS date)), (NULL), (DEFAULT)"
+            ),
+            vec!["'2020-01-01'::date", "CAST('2020-01-02' AS date)"]
+        );
+    }
+
+    #[test]
+    fn where_equality_in_and_any() {
+        assert_eq!(
+            ok_edits(
+                "select id from customers where email = 'a@x' or email in ('b', $$c$$) or email = any(array['d'])"
+            ),
+            vec!["'a@x'", "'b'", "$$c$$", "'d'"]
+        );
+        assert_eq!(
+            ok_edits("select * from customers c where c.email <> 'z'"),
+            vec!["'z'"]
+        );
+        assert_eq!(
+            ok_edits(
+                "select * from customers where email is not distinct from 'q' and email is not null"
+            ),
+            vec!["'q'"]
+        );
+    }
+
+    #[test]
+    fn joins_within_a_domain() {
+        assert!(
+            ok_edits("select c.id from customers c join leads l on c.email = l.email").is_empty()
+        );
+        assert!(ok_edits("select c.id from customers c join leads l using (email)").is_empty());
+        assert_eq!(
+            refused("select 1 from customers c join leads l on c.email = l.phone").reason,
+            "mixed_domains"
+        );
+    }
+
+    #[test]
+    fn refuses_what_ciphertext_cannot_serve() {
+        assert_eq!(
+            refused("select * from customers where email like 'a%'").reason,
+            "pattern"
+        );
+        assert_eq!(
+            refused("select * from customers where birth_date < '2000-01-01'").reason,
+            "order"
+        );
+        assert_eq!(
+            refused("select * from customers order by email").reason,
+            "order"
+        );
+        assert_eq!(
+            refused("select email e from customers order by e").reason,
+            "order"
+        );
+        assert_eq!(
+            refused("select email from customers order by 1").reason,
+            "order"
+        );
+        assert_eq!(
+            refused("select lower(email) from customers").reason,
+            "function"
+        );
+        assert_eq!(
+            refused("select email || 'x' from customers").reason,
+            "function"
+        );
+        assert_eq!(
+            refused("select * from customers where email = score::text").reason,
+            "plaintext_comparison"
+        );
+        assert_eq!(
+            refused("select * from customers where email between 'a' and 'b'").reason,
+            "order"
+        );
+        assert_eq!(refused("copy customers from stdin").reason, "copy");
+        assert_eq!(
+            refused("select * from customers where email = 'a' ||").reason,
+            "unparsed"
+        );
+    }
+
+    #[test]
+    fn counts_and_grouping_are_fine() {
+        assert!(ok_edits("select email, count(*) from customers group by email").is_empty());
+        assert!(ok_edits("select count(distinct email) from customers").is_empty());
+        assert!(ok_edits("select distinct email from customers").is_empty());
+        assert_eq!(
+            refused("select max(email) from customers").reason,
+            "function"
+        );
+    }
+
+    #[test]
+    fn update_delete_returning() {
+        assert_eq!(
+            ok_edits("update customers set email = 'n@x' where email = 'o@x' returning email"),
+            vec!["'n@x'", "'o@x'"]
+        );
+        assert_eq!(
+            ok_edits("delete from customers where email = 'a' returning id"),
+            vec!["'a'"]
+        );
+        assert!(
+            ok_edits("update customers c set email = l.email from leads l where l.id = c.id")
+                .is_empty()
+        );
+        assert_eq!(
+            refused("update customers set email = lower('X')").reason,
+            "plaintext_comparison"
+        );
+    }
+
+    #[test]
+    fn on_conflict_and_insert_select() {
+        assert_eq!(
+            ok_edits(
+                "insert into customers (id, email) values (1, 'a') on conflict (email) do update set email = excluded.email"
+            ),
+            vec!["'a'"]
+        );
+        assert!(ok_edits("insert into leads (email) select email from customers").is_empty());
+        assert_eq!(
+            ok_edits(
+                "insert into customers (id, email) select v.i, v.e from (values (1, 'a'), (2, 'b')) as v(i, e)"
+            ),
+            vec!["'a'", "'b'"]
+        );
+        assert_eq!(
+            refused("insert into leads (phone) select email from customers").reason,
+            "mixed_domains"
+        );
+    }
+
+    #[test]
+    fn union_output_gets_a_hint() {
+        let a = run("select email from customers union select email from leads");
+        assert!(a.refusal.is_none());
+        assert!(a.statements[0].outputs[0].is_some());
+        let a = run("select (select email from customers limit 1), 1");
+        assert!(a.statements[0].outputs[0].is_some());
+        assert!(a.statements[0].outputs[1].is_none());
+    }
+
+    #[test]
+    fn subqueries_and_ctes() {
+        assert_eq!(
+            ok_edits(
+                "with w as (select id, email from customers) select id from w where email = 'a'"
+            ),
+            vec!["'a'"]
+        );
+        assert_eq!(
+            ok_edits(
+                "select id from customers where email in (select email from leads where phone = '1')"
+            ),
+            vec!["'1'"]
+        );
+        assert_eq!(
+            ok_edits("select x.e from (select email as e from customers) x where x.e = 'k'"),
+            vec!["'k'"]
+        );
+    }
+
+    #[test]
+    fn untouched_statements_are_not_analysed() {
+        let a = run(
+            "select 1; set search_path = crm, public; select * from other where email like 'x'",
+        );
+        assert!(a.refusal.is_none());
+        assert!(a.statements[1].sets_search_path);
+    }
+
+    #[test]
+    fn multi_statement_stops_at_refusal() {
+        let a = run(
+            "insert into customers (email) values ('a'); select * from customers where email like 'b%'; select 1",
+        );
+        assert_eq!(a.statements.len(), 1);
+        assert!(a.refusal.is_some());
+    }
+
+    #[test]
+    fn refusal_message_has_no_value() {
+        let r = refused("select * from customers where email like 'secret-value%'");
+        assert!(!r.message().contains("secret"));
+        assert!(r.message().starts_with("pgveil:"));
+        assert!(r.message().contains("public.customers.email"));
+    }
+
+    #[test]
+    fn quoted_and_qualified_names() {
+        assert_eq!(
+            ok_edits("select 1 from public.customers where \"email\" = 'a'"),
+            vec!["'a'"]
+        );
+        assert_eq!(
+            ok_edits("SELECT 1 FROM Customers WHERE EMAIL = 'a'"),
+            vec!["'a'"]
+        );
+        // A different, quoted table is not the configured one.
+        assert!(
+            run("select 1 from \"Customers\" where email like 'a'")
+                .refusal
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn numbers_and_negative_literals() {
+        let c = Catalog::from_relations(
+            vec![Relation {
+                oid: 1,
+                schema: "public".into(),
+                name: "t".into(),
+                kind: RelationKind::Table,
+                columns: vec![col("n", 1, Some(enc("t", "n", "n", ValueType::Int4)))],
+                opaque: None,
+                definition: None,
+            }],
+            vec!["public".into()],
+        );
+        let configured = vec![("public".to_string(), "t".to_string())];
+        let w = Watched::new(&c, &configured, &["n".into()]);
+        let sql = "select 1 from t where n = -5 or n = 7::int4";
+        let a = analyze(sql, &c, &w, &configured);
+        assert!(a.refusal.is_none(), "{:?}", a.refusal);
+        assert_eq!(edit_texts(sql, &a), vec!["-5", "7::int4"]);
+    }
+}
