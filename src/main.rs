@@ -91,6 +91,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let config = Config::load(&cli.config)?;
             print!("{}", config.summary());
+            if config.keys.is_some() {
+                let keyring = pgveil::crypto::Keyring::from_config(&config)?;
+                println!("master key: loaded, check value {}", keyring.check_value());
+            }
             println!("configuration OK");
             Ok(())
         }

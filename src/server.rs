@@ -1,6 +1,7 @@
 //! The listener: accepts clients under the connection limit, hands each to
 //! its own session task, and drains on shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
+use crate::catalog::{self, Catalog};
 use crate::config::Config;
+use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::session;
 
@@ -30,6 +33,73 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Readiness inputs for `/readyz`.
     pub health: Health,
+    /// Ciphers of the configured columns; `None` when none are configured
+    /// (then sessions are plain relays).
+    pub keyring: Option<Arc<Keyring>>,
+    /// Configured `(schema, table)` names.
+    pub configured: Vec<(String, String)>,
+    /// Configured column names, for the fast-path scan.
+    pub encrypted_names: Vec<String>,
+    /// Catalogs by (database, user).
+    catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
+}
+
+impl Shared {
+    /// Builds the shared state for a config (keys are loaded here).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
+        let keyring = if config.encrypt.is_empty() {
+            if config.keys.is_some() {
+                // Load anyway: a wrong or unreadable key must stop the start.
+                Keyring::from_config(&config).map_err(ServerError::Keys)?;
+            }
+            None
+        } else {
+            Some(Arc::new(
+                Keyring::from_config(&config).map_err(ServerError::Keys)?,
+            ))
+        };
+        let configured = catalog::configured_tables(&config);
+        let mut encrypted_names: Vec<String> =
+            config.encrypt.iter().map(|c| c.column.clone()).collect();
+        encrypted_names.sort();
+        encrypted_names.dedup();
+        Ok(Shared {
+            config,
+            metrics,
+            health: Health::default(),
+            keyring,
+            configured,
+            encrypted_names,
+            catalogs: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cached catalog for a (database, user).
+    pub fn catalog_cached(&self, key: &(String, String)) -> Option<Arc<Catalog>> {
+        self.catalogs.lock().ok()?.get(key).cloned()
+    }
+
+    /// Caches a freshly loaded catalog.
+    pub fn store_catalog(&self, key: (String, String), catalog: Arc<Catalog>) {
+        if let Ok(mut map) = self.catalogs.lock() {
+            map.insert(key, catalog);
+        }
+    }
+
+    /// Forgets the catalogs of a database (after DDL): every session of it
+    /// reloads before its next statement.
+    pub fn invalidate_catalog(&self, key: &(String, String)) {
+        if let Ok(mut map) = self.catalogs.lock() {
+            map.retain(|k, _| k.0 != key.0);
+        }
+    }
+
+    /// Forgets every catalog (SIGHUP).
+    pub fn invalidate_all_catalogs(&self) {
+        if let Ok(mut map) = self.catalogs.lock() {
+            map.clear();
+        }
+    }
 }
 
 /// Errors that stop the server.
@@ -43,13 +113,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-    /// Columns are configured for encryption, but this build cannot yet
-    /// rewrite statements for them; serving would pass plaintext through.
-    #[error(
-        "{0} [[encrypt]] column(s) configured, but statement rewriting is not available in \
-         this build; refusing to start rather than let plaintext reach the database"
-    )]
-    EncryptionUnavailable(usize),
+    /// The master key could not be loaded or does not match its check value.
+    #[error("{0}")]
+    Keys(crate::crypto::CryptoError),
     /// TLS is configured, but this build cannot yet serve it; answering
     /// clients in plaintext instead would silently weaken the DBA's setup.
     #[error("[{0}] is configured, but TLS is not available in this build; refusing to start")]
@@ -75,9 +141,6 @@ impl Server {
         if config.upstream.tls.is_some() {
             return Err(ServerError::TlsUnavailable("upstream.tls"));
         }
-        if !config.encrypt.is_empty() {
-            return Err(ServerError::EncryptionUnavailable(config.encrypt.len()));
-        }
         let address = config.listen.address.get_ref().clone();
         let listener = TcpListener::bind(address.as_str())
             .await
@@ -94,14 +157,11 @@ impl Server {
             None => None,
         };
         let metrics = Metrics::new()?;
+        let shared = Shared::new(config, metrics)?;
         Ok(Server {
             listener,
             admin,
-            shared: Arc::new(Shared {
-                config,
-                metrics,
-                health: Health::default(),
-            }),
+            shared: Arc::new(shared),
         })
     }
 

@@ -133,7 +133,9 @@ pub enum CryptoError {
         source_name: String,
     },
     /// `[keys] check` is not a check value pgveil writes.
-    #[error("pgveil: [keys] check: `{0}` is not a pgveil key check value (expected `kcv1:` and 16 hex digits)")]
+    #[error(
+        "pgveil: [keys] check: `{0}` is not a pgveil key check value (expected `kcv1:` and 16 hex digits)"
+    )]
     BadCheckValue(String),
     /// No `[keys]` section although a key is needed.
     #[error("pgveil: no [keys] section in the config")]

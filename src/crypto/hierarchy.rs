@@ -134,7 +134,7 @@ impl DomainCipher {
             .unwrap_or(4)
             .clamp(2, POOL_SLOTS);
         let pool = (0..slots)
-            .map(|_| Mutex::new(Aes256Siv::new(key.as_slice().into())))
+            .map(|_| Mutex::new(Aes256Siv::new((&*key).into())))
             .collect();
         DomainCipher {
             key,
@@ -157,7 +157,7 @@ impl DomainCipher {
                 Err(std::sync::TryLockError::WouldBlock) => continue,
             }
         }
-        let mut fresh = Aes256Siv::new(self.key.as_slice().into());
+        let mut fresh = Aes256Siv::new((&*self.key).into());
         f(&mut fresh)
     }
 
@@ -235,8 +235,7 @@ mod tests {
         let key = hex("fffefdfc fbfaf9f8 f7f6f5f4 f3f2f1f0 f0f1f2f3 f4f5f6f7 f8f9fafb fcfdfeff");
         let ad = hex("10111213 14151617 18191a1b 1c1d1e1f 20212223 24252627");
         let pt = hex("11223344 55667788 99aabbcc ddee");
-        let expected =
-            hex("85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c");
+        let expected = hex("85632d07 c6e8f37f 950acd32 0a2ecc93 40c02b96 90c4dc04 daef7f6a fe5c");
         let mut c = Aes128Siv::new(key.as_slice().try_into().unwrap());
         assert_eq!(c.encrypt([&ad], &pt).unwrap(), expected);
     }
@@ -298,7 +297,8 @@ mod tests {
             "7f7e7d7c7b7a797877767574737271706f6e6d6c6b6a69686766656463626160\
              404142434445464748494a4b4c4d4e4f505152535455565758595a5b5b5d5e5f",
         );
-        let h1 = hex("00112233445566778899aabbccddeeffdeaddadadeaddadaffeeddccbbaa99887766554433221100");
+        let h1 =
+            hex("00112233445566778899aabbccddeeffdeaddadadeaddadaffeeddccbbaa99887766554433221100");
         let h2 = hex("102030405060708090a0");
         let h3 = hex("09f911029d74e35bd84156c5635688c0");
         let pt = hex(
@@ -319,7 +319,10 @@ mod tests {
         let a2 = derive_domain_key(&m, KeyVersion::new(2).unwrap(), &Domain::new("a"));
         assert_ne!(*a, *b);
         assert_ne!(*a, *a2);
-        assert_eq!(*a, *derive_domain_key(&m, KeyVersion::V1, &Domain::new("a")));
+        assert_eq!(
+            *a,
+            *derive_domain_key(&m, KeyVersion::V1, &Domain::new("a"))
+        );
         assert!(KeyVersion::new(0).is_none());
     }
 

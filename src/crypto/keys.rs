@@ -65,9 +65,7 @@ impl MasterKey {
         let decoded = STANDARD
             .decode(trimmed)
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-            .map_err(|_| {
-                CryptoError::MasterKey(format!("{source} does not hold valid base64"))
-            })?;
+            .map_err(|_| CryptoError::MasterKey(format!("{source} does not hold valid base64")))?;
         MasterKey::from_bytes(decoded).map_err(|e| match e {
             CryptoError::MasterKey(m) => CryptoError::MasterKey(format!("{source}: {m}")),
             other => other,
@@ -144,7 +142,9 @@ fn load_file(path: &Path, source: &str) -> Result<MasterKey, CryptoError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CryptoError::MasterKey(format!("cannot read {source}: {e}")))?;
     if !meta.is_file() {
-        return Err(CryptoError::MasterKey(format!("{source} is not a regular file")));
+        return Err(CryptoError::MasterKey(format!(
+            "{source} is not a regular file"
+        )));
     }
     check_file_mode(&meta, source)?;
     if meta.len() > MAX_KEY_FILE_LEN {
@@ -227,7 +227,9 @@ mod tests {
     #[test]
     fn rejects_group_readable_file_not_owned_by_root() {
         let f = write_key(0o644);
-        let err = MasterKey::load(&keys_file(f.path())).unwrap_err().to_string();
+        let err = MasterKey::load(&keys_file(f.path()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("0644"), "{err}");
         assert!(!err.contains(KEY));
     }
@@ -266,7 +268,10 @@ mod tests {
         let k = MasterKey::from_base64(KEY, "t").unwrap();
         let c = k.check_value();
         assert_eq!(c, k.check_value());
-        assert_eq!(parse_check_value(&c.to_uppercase().replace("KCV1:", "kcv1:")).unwrap(), c);
+        assert_eq!(
+            parse_check_value(&c.to_uppercase().replace("KCV1:", "kcv1:")).unwrap(),
+            c
+        );
         assert!(parse_check_value("abc").is_err());
         let other = MasterKey::generate().unwrap();
         assert_ne!(other.check_value(), c);

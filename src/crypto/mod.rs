@@ -1,1 +1,367 @@
-//! Crypto core (being written).
+//! The column encryption core: master keys, the HKDF key hierarchy, the
+//! deterministic AES-SIV envelope and typed plaintext encodings. No network
+//! code; the only I/O is reading the key file.
+//!
+//! The proxy builds one [`Keyring`] from the config at start (it loads and
+//! checks the master key and derives every domain's cipher once), then per
+//! value calls [`ColumnCipher::encrypt`] and [`ColumnCipher::decrypt`]:
+//!
+//! ```no_run
+//! # use pgveil::crypto::{Keyring, Format, SessionSettings};
+//! # fn f(config: &pgveil::config::Config) -> Result<(), pgveil::crypto::CryptoError> {
+//! let keyring = Keyring::from_config(config)?;
+//! let settings = SessionSettings::new(); // updated from ParameterStatus
+//! let col = keyring.column("public", "customers", "email").expect("configured");
+//! let storage = col.storage().unwrap_or(pgveil::config::Storage::Bytea);
+//! let stored = col.encrypt(Format::Text, b"ada@example.com", storage, &settings)?;
+//! let plain = col.decrypt(storage, &stored, Format::Text, &settings)?;
+//! assert_eq!(plain, b"ada@example.com");
+//! # Ok(()) }
+//! ```
+//!
+//! The byte-level format is specified in `docs/FORMAT.md`.
+
+pub mod envelope;
+pub mod error;
+pub mod hierarchy;
+pub mod keys;
+pub mod values;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+pub use error::{CryptoError, DecryptFailure, ValueError};
+pub use hierarchy::{Domain, KeyVersion};
+pub use keys::MasterKey;
+pub use values::{Format, SessionSettings};
+
+use crate::config::{ColumnId, Config, EncryptColumn, Storage, ValueType};
+use hierarchy::DomainCipher;
+
+/// One key version of a domain: its cipher and associated data.
+struct VersionKey {
+    version: KeyVersion,
+    cipher: DomainCipher,
+    ad: Vec<u8>,
+}
+
+/// A key domain with its ciphers, shared by all columns of the domain.
+struct DomainKeys {
+    domain: Domain,
+    /// Version new values are encrypted with.
+    active: usize,
+    /// Every version that decrypts (today exactly one).
+    versions: Vec<VersionKey>,
+}
+
+impl DomainKeys {
+    fn new(master: &MasterKey, domain: Domain, ty: ValueType) -> DomainKeys {
+        let version = KeyVersion::V1;
+        let key = hierarchy::derive_domain_key(master, version, &domain);
+        let ad = envelope::associated_data(version, values::type_class(ty), domain.as_str());
+        DomainKeys {
+            domain,
+            active: 0,
+            versions: vec![VersionKey {
+                version,
+                cipher: DomainCipher::new(key),
+                ad,
+            }],
+        }
+    }
+
+    fn active(&self) -> Option<&VersionKey> {
+        self.versions.get(self.active)
+    }
+
+    fn version(&self, v: KeyVersion) -> Option<&VersionKey> {
+        self.versions.iter().find(|k| k.version == v)
+    }
+}
+
+/// The cipher of one configured column.
+pub struct ColumnCipher {
+    id: ColumnId,
+    name: String,
+    value_type: ValueType,
+    storage: Option<Storage>,
+    domain: Arc<DomainKeys>,
+}
+
+impl fmt::Debug for ColumnCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ColumnCipher")
+            .field("column", &self.name)
+            .field("type", &self.value_type)
+            .field("domain", &self.domain.domain)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ColumnCipher {
+    /// The column.
+    pub fn id(&self) -> &ColumnId {
+        &self.id
+    }
+
+    /// The type the application sees.
+    pub fn value_type(&self) -> ValueType {
+        self.value_type
+    }
+
+    /// The storage encoding stated in the config, if any.
+    pub fn storage(&self) -> Option<Storage> {
+        self.storage
+    }
+
+    /// The key domain.
+    pub fn domain(&self) -> &Domain {
+        &self.domain.domain
+    }
+
+    fn invalid(&self, error: ValueError) -> CryptoError {
+        CryptoError::InvalidValue {
+            column: self.name.clone(),
+            value_type: self.value_type,
+            error,
+        }
+    }
+
+    fn failed(&self, failure: DecryptFailure) -> CryptoError {
+        CryptoError::Decrypt {
+            column: self.name.clone(),
+            failure,
+        }
+    }
+
+    /// Canonicalises a client value (sent in `format`) and encrypts it,
+    /// returning the bytes to store: the envelope for `bytea` (binary format
+    /// of the column; the proxy writes `\x` hex for text format), or the
+    /// prefixed base64 text for `text`.
+    pub fn encrypt(
+        &self,
+        format: Format,
+        input: &[u8],
+        storage: Storage,
+        settings: &SessionSettings,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let canonical = values::to_canonical(self.value_type, format, input, settings)
+            .map_err(|e| self.invalid(e))?;
+        let env = self.seal_canonical(&canonical)?;
+        Ok(envelope::encode_storage(storage, env))
+    }
+
+    /// Decrypts a stored value (binary form for `bytea`, the text for
+    /// `text`) and renders it as the client expects in `format`.
+    pub fn decrypt(
+        &self,
+        storage: Storage,
+        stored: &[u8],
+        format: Format,
+        settings: &SessionSettings,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let canonical = self.open_stored(storage, stored)?;
+        values::from_canonical(self.value_type, format, &canonical, settings).map_err(|e| {
+            if e.sqlstate == error::sqlstate::DATA_CORRUPTED {
+                self.failed(DecryptFailure::WrongType)
+            } else {
+                self.invalid(e)
+            }
+        })
+    }
+
+    /// Encrypts a canonical plaintext into a v1 envelope with the active key.
+    pub fn seal_canonical(&self, canonical: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let key = self
+            .domain
+            .active()
+            .ok_or_else(|| CryptoError::Internal(self.name.clone()))?;
+        envelope::seal(&key.cipher, key.version, &key.ad, canonical)
+            .map_err(|_| CryptoError::Internal(self.name.clone()))
+    }
+
+    /// Decodes and decrypts a stored value to its canonical plaintext.
+    pub fn open_stored(&self, storage: Storage, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let env = envelope::decode_storage(storage, stored).map_err(|f| self.failed(f))?;
+        self.open_envelope(&env)
+    }
+
+    /// Decrypts a v1 envelope to its canonical plaintext.
+    pub fn open_envelope(&self, env: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let version = envelope::key_version(env).map_err(|f| self.failed(f))?;
+        let key = self
+            .domain
+            .version(version)
+            .ok_or_else(|| self.failed(DecryptFailure::UnknownKeyVersion(version.get())))?;
+        envelope::open(&key.cipher, &key.ad, env).map_err(|f| self.failed(f))
+    }
+}
+
+/// All configured columns with their ciphers, built once from the config.
+pub struct Keyring {
+    columns: HashMap<(String, String, String), ColumnCipher>,
+    check_value: String,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("columns", &self.columns.len())
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// Loads the master key `[keys]` names, verifies `[keys] check` (or
+    /// warns once that it is absent), and derives one cipher per domain.
+    pub fn from_config(config: &Config) -> Result<Keyring, CryptoError> {
+        let keys = config.keys.as_ref().ok_or(CryptoError::NoKeys)?;
+        let (master, source) = MasterKey::load(keys)?;
+        let actual = master.check_value();
+        match &keys.check {
+            Some(expected) => {
+                let expected = keys::parse_check_value(expected)?;
+                if expected != actual {
+                    return Err(CryptoError::CheckMismatch {
+                        expected,
+                        actual,
+                        source_name: source,
+                    });
+                }
+            }
+            None => tracing::warn!(
+                check = %actual,
+                "[keys] has no check value: a wrong master key would not be detected; \
+                 add `check = \"{actual}\"` under [keys]"
+            ),
+        }
+        Ok(Keyring::from_master_key(&master, &config.encrypt))
+    }
+
+    /// Builds the keyring from a master key already loaded and checked.
+    pub fn from_master_key(master: &MasterKey, columns: &[EncryptColumn]) -> Keyring {
+        let mut domains: HashMap<String, Arc<DomainKeys>> = HashMap::new();
+        let mut map = HashMap::new();
+        for col in columns {
+            let name = col.domain_name();
+            let domain = domains
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(DomainKeys::new(master, Domain::new(name), col.value_type))
+                })
+                .clone();
+            let id = col.id();
+            let cipher = ColumnCipher {
+                name: id.to_string(),
+                id: id.clone(),
+                value_type: col.value_type,
+                storage: col.storage,
+                domain,
+            };
+            map.insert((id.schema, id.table, id.column), cipher);
+        }
+        Keyring {
+            columns: map,
+            check_value: master.check_value(),
+        }
+    }
+
+    /// The cipher of a configured column.
+    pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ColumnCipher> {
+        self.columns
+            .get(&(schema.to_string(), table.to_string(), column.to_string()))
+    }
+
+    /// The cipher of a configured column by its id.
+    pub fn column_by_id(&self, id: &ColumnId) -> Option<&ColumnCipher> {
+        self.column(&id.schema, &id.table, &id.column)
+    }
+
+    /// Resolves `[schema.]table.column` as the DBA commands take it
+    /// (schema `public` by default).
+    pub fn resolve(&self, name: &str) -> Result<&ColumnCipher, CryptoError> {
+        let parts: Vec<&str> = name.split('.').collect();
+        let found = match parts.as_slice() {
+            [table, column] => self.column("public", table, column),
+            [schema, table, column] => self.column(schema, table, column),
+            _ => None,
+        };
+        found.ok_or_else(|| CryptoError::UnknownColumn(name.to_string()))
+    }
+
+    /// Every configured column.
+    pub fn columns(&self) -> impl Iterator<Item = &ColumnCipher> {
+        self.columns.values()
+    }
+
+    /// The key check value of the loaded master key.
+    pub fn check_value(&self) -> &str {
+        &self.check_value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(key_file: &std::path::Path, check: Option<&str>) -> Config {
+        let check = check
+            .map(|c| format!("check = \"{c}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "[listen]\naddress = \"127.0.0.1:1\"\n[upstream]\naddress = \"127.0.0.1:2\"\n\
+             [keys]\nmaster_key_file = {:?}\n{check}\
+             [[encrypt]]\ntable = \"a\"\ncolumn = \"email\"\ndomain = \"email\"\n\
+             [[encrypt]]\ntable = \"crm.b\"\ncolumn = \"mail\"\ndomain = \"email\"\n\
+             [[encrypt]]\ntable = \"a\"\ncolumn = \"other\"\n",
+            key_file.display()
+        );
+        Config::parse(&text, "t").unwrap()
+    }
+
+    fn key_file() -> (tempfile::NamedTempFile, String) {
+        let key = MasterKey::generate().unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{}", key.to_base64().as_str()).unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        (f, key.check_value())
+    }
+
+    #[test]
+    fn from_config_checks_the_key() {
+        let (f, check) = key_file();
+        assert!(Keyring::from_config(&config(f.path(), Some(&check))).is_ok());
+        assert!(Keyring::from_config(&config(f.path(), None)).is_ok());
+        let err = Keyring::from_config(&config(f.path(), Some("kcv1:0000000000000000")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not match") && err.contains(&check),
+            "{err}"
+        );
+        assert!(Keyring::from_config(&config(f.path(), Some("nonsense"))).is_err());
+    }
+
+    #[test]
+    fn shared_domain_gives_equal_bytes_and_others_differ() {
+        let (f, _) = key_file();
+        let ring = Keyring::from_config(&config(f.path(), None)).unwrap();
+        let st = SessionSettings::new();
+        let enc = |name: &str| {
+            ring.resolve(name)
+                .unwrap()
+                .encrypt(Format::Text, b"ada@example.com", Storage::Bytea, &st)
+                .unwrap()
+        };
+        assert_eq!(enc("a.email"), enc("crm.b.mail"));
+        assert_ne!(enc("a.email"), enc("public.a.other"));
+        assert!(ring.resolve("a.nope").is_err());
+        assert!(format!("{ring:?}").contains("<redacted>"));
+    }
+}

@@ -9,6 +9,7 @@ pub mod framer;
 pub mod messages;
 pub mod reader;
 pub mod startup;
+pub mod types;
 
 pub use framer::{Chunk, FrameError, Framer};
 pub use reader::{ReadError, Reader};

@@ -5,6 +5,7 @@
 
 pub mod relay;
 pub mod startup;
+pub mod veil;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,7 +98,21 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
             let metrics = &shared.metrics;
             metrics.client_connections_total.inc();
             metrics.client_connections.inc();
-            let result = relay::run(client, upstream, &packet, &shared).await;
+            let result = match shared.keyring.clone() {
+                Some(keyring) => {
+                    veil::run(
+                        client,
+                        upstream,
+                        &packet,
+                        shared.clone(),
+                        keyring,
+                        &params.user,
+                        &params.database,
+                    )
+                    .await
+                }
+                None => relay::run(client, upstream, &packet, &shared).await,
+            };
             metrics.client_connections.dec();
             match result {
                 Ok(()) => debug!(%peer, "session ended"),

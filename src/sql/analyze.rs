@@ -193,6 +193,15 @@ pub fn analyze(
     let Some(source) = Source::new(text) else {
         return unparsed();
     };
+    if text.to_lowercase().contains("u&\"") {
+        return Analysis {
+            refusal: Some(Refusal::general(
+                "Unicode-escaped identifiers (U&\"...\") in a statement that may touch encrypted tables",
+                "unparsed",
+            )),
+            ..Analysis::default()
+        };
+    }
     let dialect = PostgreSqlDialect {};
     let Ok(statements) = Parser::parse_sql(&dialect, text) else {
         return unparsed();
@@ -257,6 +266,50 @@ pub fn analyze(
         }
     }
     analysis
+}
+
+/// Maps a view's columns to the encrypted columns they expose, by
+/// analysing its definition (`pg_get_viewdef`). `Err` when the view does
+/// something pgveil cannot follow: statements naming it are then refused.
+pub fn view_columns(
+    definition: &str,
+    catalog: &Catalog,
+    watched: &Watched,
+    configured: &[(String, String)],
+) -> Result<Vec<Option<Encrypted>>, Refusal> {
+    let unparsed = || Refusal::general("its definition cannot be analysed", "unparsed");
+    let source = Source::new(definition).ok_or_else(unparsed)?;
+    let dialect = PostgreSqlDialect {};
+    let statements = Parser::parse_sql(&dialect, definition).map_err(|_| unparsed())?;
+    let [Statement::Query(q)] = statements.as_slice() else {
+        return Err(unparsed());
+    };
+    let mut ctx = Ctx {
+        catalog,
+        source: &source,
+        watched,
+        edits: Vec::new(),
+        ctes: Vec::new(),
+        touches: false,
+        stale: false,
+        configured,
+    };
+    let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
+    if !ctx.edits.is_empty() {
+        // A literal compared with an encrypted column inside the view is
+        // stored in plaintext in the view definition: it cannot match.
+        return Err(Refusal::general(
+            "it compares an encrypted column with a literal",
+            "unsupported",
+        ));
+    }
+    Ok(outs
+        .into_iter()
+        .map(|o| match o.class {
+            Class::Enc { col, .. } => Some(col),
+            _ => None,
+        })
+        .collect())
 }
 
 fn is_ddl(stmt: &Statement) -> bool {

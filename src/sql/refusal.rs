@@ -20,6 +20,9 @@ pub struct Refusal {
     pub hint: String,
     /// Metric label: a short, fixed reason.
     pub reason: &'static str,
+    /// SQLSTATE: 0A000, or the bad-input code of a value that does not
+    /// parse as the column's type.
+    pub sqlstate: &'static str,
 }
 
 impl Refusal {
@@ -30,6 +33,7 @@ impl Refusal {
             operation: operation.into(),
             hint: hint_for(reason).to_string(),
             reason,
+            sqlstate: "0A000",
         }
     }
 
@@ -40,12 +44,27 @@ impl Refusal {
             operation: operation.into(),
             hint: hint_for(reason).to_string(),
             reason,
+            sqlstate: "0A000",
+        }
+    }
+
+    /// A value that is not valid input for its column's type.
+    pub fn bad_value(column: &str, type_name: &str, sqlstate: &'static str) -> Refusal {
+        Refusal {
+            column: Some(column.to_string()),
+            operation: format!("invalid input for type {type_name}"),
+            hint: format!("The value for encrypted column {column} must be a valid {type_name}."),
+            reason: "invalid_value",
+            sqlstate,
         }
     }
 
     /// The primary message, starting `pgveil:`.
     pub fn message(&self) -> String {
         match &self.column {
+            Some(c) if self.reason == "invalid_value" => {
+                format!("pgveil: {} in encrypted column {c}", self.operation)
+            }
             Some(c) => format!(
                 "pgveil: {} is not supported on encrypted column {c}",
                 self.operation
@@ -57,7 +76,8 @@ impl Refusal {
     /// A statement that makes PostgreSQL raise this refusal.
     pub fn raise_statement(&self) -> String {
         format!(
-            "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}, HINT = {}; END $pgveil$",
+            "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $pgveil$",
+            quote(self.sqlstate),
             quote(&self.message()),
             quote(&self.hint)
         )

@@ -58,7 +58,11 @@ mod tests {
             assert_eq!(from_text(f.as_bytes()).unwrap(), vec![0], "{f}");
         }
         for bad in ["o", "", "2", "truee", "yes please"] {
-            assert_eq!(from_text(bad.as_bytes()).unwrap_err().sqlstate, "22P02", "{bad}");
+            assert_eq!(
+                from_text(bad.as_bytes()).unwrap_err().sqlstate,
+                "22P02",
+                "{bad}"
+            );
         }
     }
 }

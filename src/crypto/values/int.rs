@@ -84,7 +84,11 @@ fn check(ty: ValueType, v: i64) -> Result<Vec<u8>, ValueError> {
     Ok(v.to_be_bytes().to_vec())
 }
 
-pub(super) fn output(ty: ValueType, format: Format, canonical: &[u8]) -> Result<Vec<u8>, ValueError> {
+pub(super) fn output(
+    ty: ValueType,
+    format: Format,
+    canonical: &[u8],
+) -> Result<Vec<u8>, ValueError> {
     let bytes: [u8; 8] = canonical
         .try_into()
         .map_err(|_| super::bad_canonical(ty.name()))?;
@@ -106,20 +110,46 @@ mod tests {
 
     #[test]
     fn parses_like_postgres() {
-        assert_eq!(from_text(ValueType::Int4, b" -42 ").unwrap(), (-42i64).to_be_bytes());
-        assert_eq!(from_text(ValueType::Int8, b"-9223372036854775808").unwrap(), i64::MIN.to_be_bytes());
-        assert_eq!(from_text(ValueType::Int2, b"32768").unwrap_err().sqlstate, "22003");
-        assert_eq!(from_text(ValueType::Int2, b"1.0").unwrap_err().sqlstate, "22P02");
-        assert_eq!(from_text(ValueType::Int2, b"").unwrap_err().sqlstate, "22P02");
-        assert_eq!(from_text(ValueType::Int2, b"-").unwrap_err().sqlstate, "22P02");
-        assert_eq!(from_text(ValueType::Int8, b"99999999999999999999").unwrap_err().sqlstate, "22003");
+        assert_eq!(
+            from_text(ValueType::Int4, b" -42 ").unwrap(),
+            (-42i64).to_be_bytes()
+        );
+        assert_eq!(
+            from_text(ValueType::Int8, b"-9223372036854775808").unwrap(),
+            i64::MIN.to_be_bytes()
+        );
+        assert_eq!(
+            from_text(ValueType::Int2, b"32768").unwrap_err().sqlstate,
+            "22003"
+        );
+        assert_eq!(
+            from_text(ValueType::Int2, b"1.0").unwrap_err().sqlstate,
+            "22P02"
+        );
+        assert_eq!(
+            from_text(ValueType::Int2, b"").unwrap_err().sqlstate,
+            "22P02"
+        );
+        assert_eq!(
+            from_text(ValueType::Int2, b"-").unwrap_err().sqlstate,
+            "22P02"
+        );
+        assert_eq!(
+            from_text(ValueType::Int8, b"99999999999999999999")
+                .unwrap_err()
+                .sqlstate,
+            "22003"
+        );
     }
 
     #[test]
     fn binary_is_exact_width() {
         assert!(from_binary(ValueType::Int4, &[0, 0, 1]).is_err());
         let c = from_binary(ValueType::Int2, &[0xff, 0xfe]).unwrap();
-        assert_eq!(output(ValueType::Int2, Format::Binary, &c).unwrap(), vec![0xff, 0xfe]);
+        assert_eq!(
+            output(ValueType::Int2, Format::Binary, &c).unwrap(),
+            vec![0xff, 0xfe]
+        );
         assert_eq!(output(ValueType::Int2, Format::Text, &c).unwrap(), b"-2");
     }
 }

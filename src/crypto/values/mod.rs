@@ -133,7 +133,10 @@ pub(crate) fn bad_canonical(ty: &str) -> ValueError {
 pub(crate) fn trim_pg_space(s: &[u8]) -> &[u8] {
     let is_space = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
     let start = s.iter().position(|c| !is_space(c)).unwrap_or(s.len());
-    let end = s.iter().rposition(|c| !is_space(c)).map_or(start, |e| e + 1);
+    let end = s
+        .iter()
+        .rposition(|c| !is_space(c))
+        .map_or(start, |e| e + 1);
     s.get(start..end).unwrap_or(&[])
 }
 

@@ -281,7 +281,10 @@ mod tests {
         assert_eq!(TimeZone::parse("Etc/UTC").offset().unwrap(), 0);
         assert_eq!(TimeZone::parse("Etc/GMT+5").offset().unwrap(), -5 * 3600);
         assert_eq!(TimeZone::parse("<+05>-05").offset().unwrap(), 5 * 3600);
-        assert_eq!(TimeZone::parse("<-0330>+03:30").offset().unwrap(), -(3 * 3600 + 1800));
+        assert_eq!(
+            TimeZone::parse("<-0330>+03:30").offset().unwrap(),
+            -(3 * 3600 + 1800)
+        );
         assert_eq!(TimeZone::parse("EST5").offset().unwrap(), -5 * 3600);
         assert!(TimeZone::parse("Europe/Berlin").offset().is_err());
         assert!(TimeZone::parse("EST5EDT").offset().is_err());

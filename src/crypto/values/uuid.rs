@@ -36,7 +36,9 @@ pub(super) fn from_text(input: &[u8]) -> Result<Vec<u8>, ValueError> {
 }
 
 fn hex(c: u8) -> Option<u8> {
-    char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(c)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 pub(super) fn from_binary(input: &[u8]) -> Result<Vec<u8>, ValueError> {
@@ -84,9 +86,22 @@ mod tests {
         ] {
             assert_eq!(from_text(form.as_bytes()).unwrap(), canon, "{form}");
         }
-        for bad in ["", "a0eebc99", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 ", "a0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11"] {
-            assert_eq!(from_text(bad.as_bytes()).unwrap_err().sqlstate, "22P02", "{bad}");
+        for bad in [
+            "",
+            "a0eebc99",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 ",
+            "a0e-ebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ] {
+            assert_eq!(
+                from_text(bad.as_bytes()).unwrap_err().sqlstate,
+                "22P02",
+                "{bad}"
+            );
         }
-        assert_eq!(output(Format::Text, &canon).unwrap(), b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+        assert_eq!(
+            output(Format::Text, &canon).unwrap(),
+            b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
     }
 }

@@ -1,0 +1,890 @@
+//! The message loop when columns are configured for encryption.
+//!
+//! Two pumps share one [`State`]: the client pump analyses Query and Parse
+//! messages and rewrites or refuses them; the server pump decrypts result
+//! rows by column origin and tracks session settings. Every request that
+//! ends in ReadyForQuery pushes one [`Pending`] entry, in order, so the
+//! server pump always knows which request a response belongs to.
+//!
+//! The catalog is learned on the client's own upstream connection before
+//! its first statement, with an internal Query whose responses the server
+//! pump consumes instead of forwarding.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::SessionError;
+use crate::catalog::{self, Catalog, Encrypted, Rows};
+use crate::crypto::{Format, Keyring, SessionSettings};
+use crate::protocol::messages::{
+    ErrorResponse, data_row, parameter_status, parse, query, row_description,
+};
+use crate::protocol::{Chunk, FrameError, Framer, sqlstate, types};
+use crate::server::Shared;
+use crate::sql::analyze::{Watched, view_columns};
+use crate::sql::{Refusal, analyze, rewrite, scan};
+
+const READ_BUFFER: usize = 16 * 1024;
+/// Flush the output buffer once it holds this much.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// What a response stream (ending in ReadyForQuery) answers.
+enum Pending {
+    /// Authentication and the first ReadyForQuery.
+    Startup,
+    /// Extended-protocol Sync, FunctionCall: forwarded, decrypted by origin
+    /// only if text format (never, today: such statements are refused).
+    Passthrough,
+    /// A simple Query from the client.
+    Query(QueryState),
+    /// pgveil's own catalog query: consumed, not forwarded.
+    Catalog(CatalogLoad),
+}
+
+struct QueryState {
+    /// Per statement: positional hints for columns without an origin.
+    hints: Vec<Vec<Option<Encrypted>>>,
+    index: usize,
+    catalog: Option<Arc<Catalog>>,
+}
+
+struct CatalogLoad {
+    results: Vec<Rows>,
+    current: Rows,
+    error: Option<String>,
+    done: Option<oneshot::Sender<Result<Vec<Rows>, String>>>,
+}
+
+/// How to decrypt the rows of the current result.
+struct Decoder {
+    columns: Vec<Option<(Encrypted, Format)>>,
+}
+
+/// State shared by the two pumps of one session.
+struct State {
+    settings: SessionSettings,
+    standard_strings: bool,
+    pending: VecDeque<Pending>,
+    decoder: Option<Decoder>,
+    /// After a decrypt failure: drop everything until ReadyForQuery.
+    discard_until_ready: bool,
+    /// Names of relations used in extended-protocol refusals, so the
+    /// database's "does not exist" error can be replaced by the refusal.
+    refusal_tokens: Vec<(String, Refusal)>,
+}
+
+/// One session's encryption context.
+pub struct Veil {
+    shared: Arc<Shared>,
+    keyring: Arc<Keyring>,
+    cache_key: (String, String),
+    state: Mutex<State>,
+}
+
+impl Veil {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a pump panicked; the other still needs the
+        // state to finish, and the data is consistent per message.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs an encrypting session until either side closes.
+pub async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    startup_packet: &[u8],
+    shared: Arc<Shared>,
+    keyring: Arc<Keyring>,
+    user: &str,
+    database: &str,
+) -> Result<(), SessionError> {
+    upstream.write_all(startup_packet).await?;
+    let veil = Veil {
+        shared: shared.clone(),
+        keyring,
+        cache_key: (database.to_string(), user.to_string()),
+        state: Mutex::new(State {
+            settings: SessionSettings::new(),
+            standard_strings: true,
+            pending: VecDeque::from([Pending::Startup]),
+            decoder: None,
+            discard_until_ready: false,
+            refusal_tokens: Vec::new(),
+        }),
+    };
+    let limits = &shared.config.limits;
+    let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
+    let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
+    let outcome = {
+        let (mut cr, mut cw) = client.split();
+        let (mut ur, mut uw) = upstream.split();
+        tokio::select! {
+            r = client_pump(&veil, &mut cr, &mut uw, &mut client_framer) => r.map(|e| (true, e)),
+            r = server_pump(&veil, &mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
+        }
+    };
+    match outcome? {
+        (_, None) => Ok(()),
+        (from_client, Some(e)) => {
+            let message = if from_client {
+                format!("pgveil: invalid message from client: {e}")
+            } else {
+                warn!(error = %e, "malformed message from upstream");
+                "pgveil: invalid message from the database server".to_string()
+            };
+            let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
+            let _ = client.write_all(&msg.to_bytes()).await;
+            Err(SessionError::Protocol(e.to_string()))
+        }
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> Result<(), SessionError> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Client → server. Returns the frame error that ended it, if any.
+async fn client_pump<R, W>(
+    veil: &Veil,
+    reader: &mut R,
+    writer: &mut W,
+    framer: &mut Framer,
+) -> Result<Option<FrameError>, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    let mut started = false;
+    loop {
+        loop {
+            let inspect = |tag: u8| matches!(tag, b'Q' | b'P' | b'S' | b'F');
+            match framer.next(&mut buf, inspect) {
+                Ok(Some(Chunk::Forward(bytes))) => {
+                    out.extend_from_slice(&bytes);
+                    if out.len() >= FLUSH_AT {
+                        flush(writer, &mut out).await?;
+                    }
+                }
+                Ok(Some(Chunk::Frame(frame))) => {
+                    if !started {
+                        // The first statement: learn the catalog first.
+                        flush(writer, &mut out).await?;
+                        ensure_catalog(veil, writer).await;
+                        started = true;
+                    }
+                    match frame[0] {
+                        b'Q' => {
+                            flush(writer, &mut out).await?;
+                            let rewritten = on_query(veil, writer, &frame).await?;
+                            out.extend_from_slice(&rewritten);
+                        }
+                        b'P' => {
+                            let replaced = on_parse(veil, &frame);
+                            out.extend_from_slice(replaced.as_deref().unwrap_or(&frame));
+                        }
+                        _ => {
+                            // Sync and FunctionCall each end in ReadyForQuery.
+                            veil.state().pending.push_back(Pending::Passthrough);
+                            out.extend_from_slice(&frame);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    flush(writer, &mut out).await?;
+                    return Ok(Some(e));
+                }
+            }
+        }
+        flush(writer, &mut out).await?;
+        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+            buf.reserve(READ_BUFFER);
+        }
+        if reader.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Catalog for this session's database, loading it if needed. `None` when
+/// it cannot be loaded (then statements needing analysis are refused).
+async fn ensure_catalog<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+) -> Option<Arc<Catalog>> {
+    if let Some(c) = veil.shared.catalog_cached(&veil.cache_key) {
+        return Some(c);
+    }
+    let (tx, rx) = oneshot::channel();
+    veil.state()
+        .pending
+        .push_back(Pending::Catalog(CatalogLoad {
+            results: Vec::new(),
+            current: Vec::new(),
+            error: None,
+            done: Some(tx),
+        }));
+    let config = &veil.shared.config;
+    let q = query::encode(&catalog::load_query(config));
+    if writer.write_all(&q).await.is_err() {
+        return None;
+    }
+    let rows = match rx.await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            warn!(database = %veil.cache_key.0, error = %e, "catalog query failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let mut catalog = match Catalog::build(config, &rows) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "catalog rows unexpected");
+            return None;
+        }
+    };
+    map_views(&mut catalog, &veil.shared);
+    for id in &catalog.inactive {
+        info!(database = %veil.cache_key.0, column = %id, "configured column not present in this database; inactive until it is created");
+    }
+    for id in &catalog.defaults {
+        warn!(database = %veil.cache_key.0, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
+    }
+    let catalog = Arc::new(catalog);
+    veil.shared
+        .store_catalog(veil.cache_key.clone(), catalog.clone());
+    Some(catalog)
+}
+
+/// Maps view columns to base columns; views pgveil cannot follow become opaque.
+fn map_views(catalog: &mut Catalog, shared: &Shared) {
+    let watched = Watched::new(catalog, &shared.configured, &shared.encrypted_names);
+    let snapshot = catalog.clone();
+    for rel in catalog.relations_mut() {
+        let Some(def) = rel.definition.take() else {
+            continue;
+        };
+        match view_columns(&def, &snapshot, &watched, &shared.configured) {
+            Ok(cols) => {
+                for (c, enc) in rel.columns.iter_mut().zip(cols) {
+                    c.encrypted = enc;
+                }
+            }
+            Err(r) => rel.opaque = Some(r.operation.clone()),
+        }
+    }
+}
+
+/// Handles a simple Query: passes it, rewrites it, or replaces it with a
+/// refusal the database raises. Returns the frame to send.
+async fn on_query<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<BytesMut, SessionError> {
+    let text = match query::decode(frame) {
+        Ok(t) => t,
+        Err(e) => return Err(SessionError::Protocol(format!("malformed Query: {e}"))),
+    };
+    let shared = &veil.shared;
+    let mut catalog = shared.catalog_cached(&veil.cache_key);
+    if catalog.is_none() {
+        catalog = ensure_catalog(veil, writer).await;
+    }
+    let watched = match &catalog {
+        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_names),
+        None => Watched::new(
+            &Catalog::default(),
+            &shared.configured,
+            &shared.encrypted_names,
+        ),
+    };
+    if !scan::needs_analysis(text, &watched, &[]) {
+        veil.state().pending.push_back(Pending::Query(QueryState {
+            hints: Vec::new(),
+            index: 0,
+            catalog,
+        }));
+        return Ok(BytesMut::from(frame));
+    }
+    let Some(mut cat) = catalog else {
+        let r = Refusal::general(
+            "the catalog of this database could not be read, so the statement cannot be checked",
+            "catalog",
+        );
+        return Ok(refuse(veil, text, &[], r, None));
+    };
+    let mut analysis = analyze(text, &cat, &watched, &shared.configured);
+    if analysis.stale {
+        shared.invalidate_catalog(&veil.cache_key);
+        if let Some(fresh) = ensure_catalog(veil, writer).await {
+            cat = fresh;
+            let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_names);
+            analysis = analyze(text, &cat, &watched, &shared.configured);
+        }
+    }
+    if analysis
+        .statements
+        .iter()
+        .any(|s| s.refresh_catalog || s.sets_search_path)
+    {
+        shared.invalidate_catalog(&veil.cache_key);
+    }
+    let (standard_strings, settings) = {
+        let st = veil.state();
+        (st.standard_strings, st.settings.clone())
+    };
+    if !standard_strings && text.contains('\\') {
+        let r = Refusal::general(
+            "backslashes in a statement on encrypted tables while standard_conforming_strings is off",
+            "unparsed",
+        );
+        return Ok(refuse(veil, text, &[], r, Some(cat)));
+    }
+    // Encrypt every literal the analysis found.
+    let mut replacements = Vec::new();
+    let mut failure = None;
+    'outer: for plan in &analysis.statements {
+        for edit in &plan.edits {
+            match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {
+                Ok(lit) => {
+                    shared
+                        .metrics
+                        .values_encrypted_total
+                        .with_label_values(&[&edit.column.id.to_string()])
+                        .inc();
+                    replacements.push((edit.range.clone(), lit));
+                }
+                Err(r) => {
+                    failure = Some(r);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let refusal = failure.or(analysis.refusal.clone());
+    if let Some(r) = refusal {
+        if shared.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
+            && r.reason != "invalid_value"
+        {
+            warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
+            veil.state().pending.push_back(Pending::Query(QueryState {
+                hints: Vec::new(),
+                index: 0,
+                catalog: Some(cat),
+            }));
+            return Ok(BytesMut::from(frame));
+        }
+        return Ok(refuse(veil, text, &analysis.statements, r, Some(cat)));
+    }
+    let hints = analysis
+        .statements
+        .iter()
+        .map(|s| s.outputs.clone())
+        .collect();
+    veil.state().pending.push_back(Pending::Query(QueryState {
+        hints,
+        index: 0,
+        catalog: Some(cat),
+    }));
+    if replacements.is_empty() {
+        shared
+            .metrics
+            .statements_total
+            .with_label_values(&["simple", "passthrough"])
+            .inc();
+        return Ok(BytesMut::from(frame));
+    }
+    shared
+        .metrics
+        .statements_total
+        .with_label_values(&["simple", "rewritten"])
+        .inc();
+    match rewrite::splice(text, replacements) {
+        Some(new_text) => Ok(query::encode(&new_text)),
+        None => {
+            let r = Refusal::general("pgveil could not rewrite this statement", "unparsed");
+            Ok(refuse(veil, text, &[], r, None))
+        }
+    }
+}
+
+fn encrypt_literal(
+    keyring: &Keyring,
+    edit: &crate::sql::Edit,
+    settings: &SessionSettings,
+    standard_strings: bool,
+) -> Result<String, Refusal> {
+    let column = edit.column.id.to_string();
+    let cipher = keyring
+        .column_by_id(&edit.column.id)
+        .ok_or_else(|| Refusal::general(format!("no key for column {column}"), "unsupported"))?;
+    let storage =
+        edit.column.storage.storage().ok_or_else(|| {
+            Refusal::on_column(&column, "storing ciphertext in this type", "storage")
+        })?;
+    let stored = cipher
+        .encrypt(Format::Text, edit.text.as_bytes(), storage, settings)
+        .map_err(|e| Refusal::bad_value(&column, edit.column.value_type.name(), e.sqlstate()))?;
+    Ok(rewrite::ciphertext_literal(
+        &stored,
+        storage,
+        standard_strings,
+    ))
+}
+
+/// Replaces a Query with the statements before the refused one (rewritten
+/// as planned) followed by a statement that makes the database raise the
+/// refusal, so the transaction fails exactly as PostgreSQL would fail it.
+fn refuse(
+    veil: &Veil,
+    text: &str,
+    before: &[crate::sql::StatementPlan],
+    refusal: Refusal,
+    catalog: Option<Arc<Catalog>>,
+) -> BytesMut {
+    let shared = &veil.shared;
+    shared
+        .metrics
+        .statements_total
+        .with_label_values(&["simple", "refused"])
+        .inc();
+    shared
+        .metrics
+        .refused_statements_total
+        .with_label_values(&[refusal.reason])
+        .inc();
+    info!(target: "audit", reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
+          database = %veil.cache_key.0, user = %veil.cache_key.1, "statement refused");
+    let (settings, standard_strings) = {
+        let st = veil.state();
+        (st.settings.clone(), st.standard_strings)
+    };
+    let mut parts = Vec::new();
+    let mut hints = Vec::new();
+    for plan in before {
+        let mut replacements = Vec::new();
+        let mut ok = true;
+        for edit in &plan.edits {
+            match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {
+                Ok(lit) => replacements.push((
+                    edit.range.start - plan.range.start..edit.range.end - plan.range.start,
+                    lit,
+                )),
+                Err(_) => ok = false,
+            }
+        }
+        let Some(stmt) = text.get(plan.range.clone()) else {
+            break;
+        };
+        match (ok, rewrite::splice(stmt, replacements)) {
+            (true, Some(s)) => {
+                parts.push(s);
+                hints.push(plan.outputs.clone());
+            }
+            _ => break,
+        }
+    }
+    parts.push(refusal.raise_statement());
+    hints.push(Vec::new());
+    veil.state().pending.push_back(Pending::Query(QueryState {
+        hints,
+        index: 0,
+        catalog,
+    }));
+    query::encode(&parts.join("; "))
+}
+
+/// Parse of a statement that may touch encrypted tables: the extended
+/// protocol is not rewritten yet, so it is refused. The Parse is replaced
+/// by one that fails in the database (so the transaction and the protocol
+/// state follow PostgreSQL's own rules), and the server pump replaces that
+/// error with the refusal.
+fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
+    let parsed = parse::decode(frame).ok()?;
+    let shared = &veil.shared;
+    let catalog = shared.catalog_cached(&veil.cache_key);
+    let watched = match &catalog {
+        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_names),
+        None => Watched::new(
+            &Catalog::default(),
+            &shared.configured,
+            &shared.encrypted_names,
+        ),
+    };
+    if !scan::needs_analysis(parsed.query, &watched, &[]) {
+        shared
+            .metrics
+            .statements_total
+            .with_label_values(&["extended", "passthrough"])
+            .inc();
+        return None;
+    }
+    let refusal = Refusal::general(
+        "statements on encrypted tables through the extended query protocol are not supported yet",
+        "extended",
+    );
+    shared
+        .metrics
+        .statements_total
+        .with_label_values(&["extended", "refused"])
+        .inc();
+    shared
+        .metrics
+        .refused_statements_total
+        .with_label_values(&[refusal.reason])
+        .inc();
+    let mut token = [0u8; 12];
+    let _ = getrandom::fill(&mut token);
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let relation = format!("pgveil_refused_{token}");
+    let sql = format!("SELECT 1 FROM {relation}");
+    veil.state().refusal_tokens.push((relation, refusal));
+    let mut b = BytesMut::new();
+    let name = parsed.name;
+    let len = 4 + name.len() + 1 + sql.len() + 1 + 2;
+    b.extend_from_slice(b"P");
+    b.extend_from_slice(&(len as i32).to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    Some(b)
+}
+
+/// Server → client.
+async fn server_pump<R, W>(
+    veil: &Veil,
+    reader: &mut R,
+    writer: &mut W,
+    framer: &mut Framer,
+) -> Result<Option<FrameError>, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    loop {
+        loop {
+            let (all, rows) = {
+                let st = veil.state();
+                let all = matches!(st.pending.front(), Some(Pending::Catalog(_)))
+                    || st.discard_until_ready;
+                (all, st.decoder.is_some())
+            };
+            let inspect = |tag: u8| {
+                all || matches!(tag, b'Z' | b'T' | b'C' | b'I' | b'E' | b'S')
+                    || (rows && tag == b'D')
+            };
+            match framer.next(&mut buf, inspect) {
+                Ok(Some(Chunk::Forward(bytes))) => out.extend_from_slice(&bytes),
+                Ok(Some(Chunk::Frame(frame))) => {
+                    if let Some(f) = on_server_frame(veil, frame)? {
+                        out.extend_from_slice(&f);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    flush(writer, &mut out).await?;
+                    return Ok(Some(e));
+                }
+            }
+            if out.len() >= FLUSH_AT {
+                flush(writer, &mut out).await?;
+            }
+        }
+        flush(writer, &mut out).await?;
+        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+            buf.reserve(READ_BUFFER);
+        }
+        if reader.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// One inspected server frame; returns what to forward.
+fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, SessionError> {
+    let tag = frame[0];
+    let mut guard = veil.state();
+    let st = &mut *guard;
+    if let Some(Pending::Catalog(load)) = st.pending.front_mut() {
+        match tag {
+            b'D' => {
+                if let Ok(cells) = data_row::decode(&frame) {
+                    load.current.push(
+                        cells
+                            .iter()
+                            .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+                            .collect(),
+                    );
+                }
+                return Ok(None);
+            }
+            b'C' => {
+                let rows = std::mem::take(&mut load.current);
+                load.results.push(rows);
+                return Ok(None);
+            }
+            b'E' => {
+                load.error = Some("catalog query failed".into());
+                return Ok(None);
+            }
+            b'Z' => {
+                if let Some(Pending::Catalog(mut load)) = st.pending.pop_front() {
+                    let result = match load.error.take() {
+                        Some(e) => Err(e),
+                        None => Ok(std::mem::take(&mut load.results)),
+                    };
+                    if let Some(done) = load.done.take() {
+                        let _ = done.send(result);
+                    }
+                }
+                return Ok(None);
+            }
+            b'S' | b'N' | b'A' => {}
+            _ => return Ok(None),
+        }
+    }
+    if st.discard_until_ready && !matches!(tag, b'Z' | b'S' | b'N' | b'A') {
+        return Ok(None);
+    }
+    match tag {
+        b'Z' => {
+            st.pending.pop_front();
+            st.decoder = None;
+            st.discard_until_ready = false;
+            Ok(Some(frame))
+        }
+        b'S' => {
+            if let Ok((name, value)) = parameter_status::decode(&frame) {
+                st.settings.set(name, value);
+                if name == "standard_conforming_strings" {
+                    st.standard_strings = value == "on";
+                }
+            }
+            Ok(Some(frame))
+        }
+        b'T' => {
+            let Ok(mut fields) = row_description::decode(&frame) else {
+                return Ok(Some(frame));
+            };
+            let (catalog, hints) = match st.pending.front() {
+                Some(Pending::Query(q)) => (
+                    q.catalog.clone(),
+                    q.hints.get(q.index).cloned().unwrap_or_default(),
+                ),
+                _ => (veil.shared.catalog_cached(&veil.cache_key), Vec::new()),
+            };
+            let in_query = matches!(st.pending.front(), Some(Pending::Query(_)));
+            let mut columns = Vec::with_capacity(fields.len());
+            let mut any = false;
+            for (i, f) in fields.iter_mut().enumerate() {
+                let enc = catalog
+                    .as_ref()
+                    .and_then(|c| c.origin(f.table_oid, f.column).cloned())
+                    .or_else(|| hints.get(i).cloned().flatten());
+                match enc {
+                    Some(e) if in_query => {
+                        let (oid, size) = types::pg_type(e.value_type);
+                        f.type_oid = oid;
+                        f.type_size = size;
+                        f.type_modifier = -1;
+                        let format = if f.format == 1 {
+                            Format::Binary
+                        } else {
+                            Format::Text
+                        };
+                        columns.push(Some((e, format)));
+                        any = true;
+                    }
+                    Some(e) => {
+                        warn!(column = %e.id, "encrypted column in an extended-protocol result; left as stored");
+                        columns.push(None);
+                    }
+                    None => columns.push(None),
+                }
+            }
+            if any {
+                st.decoder = Some(Decoder { columns });
+                Ok(Some(row_description::encode(&fields)))
+            } else {
+                st.decoder = None;
+                Ok(Some(frame))
+            }
+        }
+        b'D' => {
+            let Some(decoder) = &st.decoder else {
+                return Ok(Some(frame));
+            };
+            match decrypt_row(veil, decoder, &st.settings, &frame) {
+                Ok(row) => Ok(Some(row)),
+                Err(msg) => {
+                    st.decoder = None;
+                    st.discard_until_ready = true;
+                    Ok(Some(msg.to_bytes()))
+                }
+            }
+        }
+        b'C' | b'I' => {
+            st.decoder = None;
+            if let Some(Pending::Query(q)) = st.pending.front_mut() {
+                q.index += 1;
+            }
+            Ok(Some(frame))
+        }
+        b'E' => {
+            st.decoder = None;
+            if let Some(pos) = st
+                .refusal_tokens
+                .iter()
+                .position(|(t, _)| frame.windows(t.len()).any(|w| w == t.as_bytes()))
+            {
+                let (_, refusal) = st.refusal_tokens.remove(pos);
+                let msg = ErrorResponse::error(refusal.sqlstate, refusal.message());
+                return Ok(Some(msg.to_bytes()));
+            }
+            Ok(Some(scrub_error(frame)))
+        }
+        _ => Ok(Some(frame)),
+    }
+}
+
+fn decrypt_row(
+    veil: &Veil,
+    decoder: &Decoder,
+    settings: &SessionSettings,
+    frame: &[u8],
+) -> Result<BytesMut, ErrorResponse> {
+    let corrupt = |col: &str| {
+        ErrorResponse::error(
+            "XX001",
+            format!("pgveil: a stored value in encrypted column {col} could not be decrypted"),
+        )
+    };
+    let cells = data_row::decode(frame).map_err(|_| corrupt("?"))?;
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(cells.len());
+    for (i, cell) in cells.iter().enumerate() {
+        let spec = decoder.columns.get(i).and_then(|c| c.as_ref());
+        match (cell, spec) {
+            (Some(v), Some((enc, format))) => {
+                let name = enc.id.to_string();
+                let cipher = veil
+                    .keyring
+                    .column_by_id(&enc.id)
+                    .ok_or_else(|| corrupt(&name))?;
+                let storage = enc.storage.storage().ok_or_else(|| corrupt(&name))?;
+                let stored = match (storage, format) {
+                    (crate::config::Storage::Bytea, Format::Text) => {
+                        crate::crypto::envelope::bytea_from_hex(v).map_err(|_| corrupt(&name))?
+                    }
+                    _ => v.to_vec(),
+                };
+                match cipher.decrypt(storage, &stored, *format, settings) {
+                    Ok(plain) => {
+                        veil.shared
+                            .metrics
+                            .values_decrypted_total
+                            .with_label_values(&[&name])
+                            .inc();
+                        out.push(Some(plain));
+                    }
+                    Err(e) => {
+                        veil.shared
+                            .metrics
+                            .decrypt_errors_total
+                            .with_label_values(&[&name])
+                            .inc();
+                        warn!(target: "audit", column = %name, error = %e, "decrypt failed");
+                        return Err(ErrorResponse::error(e.sqlstate(), format!("pgveil: {e}")));
+                    }
+                }
+            }
+            (c, _) => out.push(c.map(|v| v.to_vec())),
+        }
+    }
+    Ok(data_row::encode(&out))
+}
+
+/// PostgreSQL quotes the stored value in some errors (a unique violation's
+/// `Key (email)=(\x01…)`); ciphertext must not reach the client either.
+fn scrub_error(frame: BytesMut) -> BytesMut {
+    let text = String::from_utf8_lossy(&frame[5..]);
+    if !text.contains("\\x01") && !text.contains(crate::crypto::envelope::TEXT_PREFIX) {
+        return frame;
+    }
+    let mut fields = Vec::new();
+    for field in frame[5..].split(|b| *b == 0) {
+        if field.is_empty() {
+            continue;
+        }
+        let (code, value) = (field[0], String::from_utf8_lossy(&field[1..]).into_owned());
+        let value = if code == b'D' || code == b'M' {
+            redact(&value)
+        } else {
+            value
+        };
+        fields.push((code, value));
+    }
+    let mut b = BytesMut::new();
+    let body: usize = fields.iter().map(|(_, v)| v.len() + 2).sum::<usize>() + 1;
+    b.extend_from_slice(&[frame[0]]);
+    b.extend_from_slice(&((body + 4) as i32).to_be_bytes());
+    for (c, v) in fields {
+        b.extend_from_slice(&[c]);
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(&[0]);
+    }
+    b.extend_from_slice(&[0]);
+    b
+}
+
+fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let prefix = crate::crypto::envelope::TEXT_PREFIX;
+    loop {
+        let hex = rest.find("\\x01");
+        let txt = rest.find(prefix);
+        let at = match (hex, txt) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => break,
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("<encrypted>");
+        let tail = &rest[at..];
+        let skip = tail
+            .find(|c: char| c == ')' || c == ',' || c == ' ' || c == '"')
+            .unwrap_or(tail.len());
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_hex_and_text_ciphertext() {
+        let s = "Key (email)=(\\x01ab12cd) already exists.";
+        assert_eq!(redact(s), "Key (email)=(<encrypted>) already exists.");
+    }
+}
