@@ -5,17 +5,17 @@
 //!
 //! From the ground up, each layer using only those below it:
 //!
-//! - [`protocol`]: framing and the few message codecs pgveil needs; no I/O.
-//! - [`crypto`]: master keys, the HKDF key hierarchy, the AES-SIV envelope and
+//! - [`protocol`] — framing and the few message codecs pgveil needs; no I/O.
+//! - [`crypto`] — master keys, the HKDF key hierarchy, the AES-SIV envelope and
 //!   typed plaintext encodings; no I/O beyond reading the key file.
-//! - [`config`]: `proxy.toml`.
-//! - [`catalog`]: what a database says about the configured tables.
-//! - [`sql`]: the analyzer and rewriter; works on text and catalog facts.
-//! - [`session`]: one client connection: startup, authentication relay and the
+//! - [`config`] — `proxy.toml`.
+//! - [`catalog`] — what a database says about the configured tables.
+//! - [`sql`] — the analyzer and rewriter; works on text and catalog facts.
+//! - [`session`] — one client connection: startup, authentication relay and the
 //!   message loop.
-//! - [`server`]: the listener, connection limit and graceful shutdown.
-//! - [`logging`]: `tracing` set-up from `[log]`.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the health endpoint.
+//! - [`server`] — the listener, connection limit and graceful shutdown.
+//! - [`logging`] — `tracing` set-up from `[log]`.
+//! - [`metrics`], [`admin`] — Prometheus metrics and the health endpoint.
 //!
 //! See `docs/ARCHITECTURE.md` for the path of a message through these layers.
 

@@ -205,11 +205,10 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
-                    if let Err(e) = done {
-                        if e.is_panic() {
+                    if let Err(e) = done
+                        && e.is_panic() {
                             error!("a session task panicked; other sessions are unaffected");
                         }
-                    }
                 }
                 accepted = listener.accept() => {
                     let (socket, peer) = match accepted {

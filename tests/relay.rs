@@ -190,8 +190,7 @@ async fn wrong_password_gets_postgres_error() {
     );
     let err = support::try_connect(&conn)
         .await
-        .err()
-        .expect("wrong password accepted");
+        .expect_err("wrong password accepted");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
 }
 
@@ -312,8 +311,7 @@ async fn connection_limit_answers_53300() {
     let b = proxy.connect(pg).await;
     let err = support::try_connect(&proxy.conn_str(pg))
         .await
-        .err()
-        .expect("third client admitted");
+        .expect_err("third client admitted");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -333,8 +331,7 @@ async fn unreachable_upstream_gives_08001() {
     );
     let err = support::try_connect(&conn)
         .await
-        .err()
-        .expect("connected to nothing");
+        .expect_err("connected to nothing");
     assert_eq!(
         err.code(),
         Some(&SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION)

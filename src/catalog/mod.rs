@@ -192,7 +192,7 @@ pub fn load_query(config: &Config) -> String {
 /// Rows of one result set, as text (None for NULL).
 pub type Rows = Vec<Vec<Option<String>>>;
 
-fn cell<'a>(row: &'a [Option<String>], i: usize) -> Result<&'a str, CatalogError> {
+fn cell(row: &[Option<String>], i: usize) -> Result<&str, CatalogError> {
     row.get(i)
         .and_then(|c| c.as_deref())
         .ok_or_else(|| CatalogError::Row(format!("missing field {i}")))

@@ -869,9 +869,7 @@ fn redact(s: &str) -> String {
         out.push_str(&rest[..at]);
         out.push_str("<encrypted>");
         let tail = &rest[at..];
-        let skip = tail
-            .find(|c: char| c == ')' || c == ',' || c == ' ' || c == '"')
-            .unwrap_or(tail.len());
+        let skip = tail.find([')', ',', ' ', '"']).unwrap_or(tail.len());
         rest = &tail[skip..];
     }
     out.push_str(rest);

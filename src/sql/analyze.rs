@@ -342,8 +342,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             Statement::Insert(ins) => self.insert(ins, None),
             Statement::Update(u) => {
                 let mut rels = Vec::new();
-                let target = self.table_with_joins(&u.table, &mut rels, None)?;
-                let _ = target;
+                self.table_with_joins(&u.table, &mut rels, None)?;
                 if let Some(from) = &u.from {
                     let list = match from {
                         UpdateTableFromKind::BeforeSet(l) | UpdateTableFromKind::AfterSet(l) => l,
@@ -432,17 +431,16 @@ impl<'c, 'a> Ctx<'c, 'a> {
             Statement::CreateTable(ct) => {
                 if let Some(q) = &ct.query {
                     let outs = self.query(q, None)?;
-                    if let Some(outs) = outs {
-                        if let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
-                        {
-                            return Err(Refusal::general(
-                                format!(
-                                    "CREATE TABLE AS would copy ciphertext of column {} into an unconfigured table",
-                                    o.name
-                                ),
-                                "unsupported",
-                            ));
-                        }
+                    if let Some(outs) = outs
+                        && let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
+                    {
+                        return Err(Refusal::general(
+                            format!(
+                                "CREATE TABLE AS would copy ciphertext of column {} into an unconfigured table",
+                                o.name
+                            ),
+                            "unsupported",
+                        ));
                     }
                 }
                 Ok(None)
@@ -471,15 +469,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
     }
 
     fn view_write_check(&self, scope: &Scope<'_, 'c>) -> R<()> {
-        if let Some(rel) = scope.rels.first() {
-            if let RelSource::Catalog(r) = &rel.source {
-                if r.kind == RelationKind::View {
-                    return Err(Refusal::general(
-                        format!("writing through view {}.{}", r.schema, r.name),
-                        "view_write",
-                    ));
-                }
-            }
+        if let Some(rel) = scope.rels.first()
+            && let RelSource::Catalog(r) = &rel.source
+            && r.kind == RelationKind::View
+        {
+            return Err(Refusal::general(
+                format!("writing through view {}.{}", r.schema, r.name),
+                "view_write",
+            ));
         }
         Ok(())
     }
@@ -532,8 +529,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
         }
         if let Some(src) = &ins.source {
-            let outs = self.insert_source(src, targets.as_deref())?;
-            let _ = outs;
+            self.insert_source(src, targets.as_deref())?;
         }
         if let Some(OnInsert::OnConflict(oc)) = &ins.on {
             if let Some(ConflictTarget::Columns { .. }) = &oc.conflict_target {
@@ -655,14 +651,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
 
     fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted) -> R<()> {
         self.check_storage(col)?;
-        if let Some(cast) = &lit.cast {
-            if !cast_fits(cast, col.value_type) {
-                return Err(refuse_col(
-                    col,
-                    format!("a value cast to {cast}"),
-                    "function",
-                ));
-            }
+        if let Some(cast) = &lit.cast
+            && !cast_fits(cast, col.value_type)
+        {
+            return Err(refuse_col(
+                col,
+                format!("a value cast to {cast}"),
+                "function",
+            ));
         }
         if let Some(prev) = self.edits.iter().find(|e| e.range == lit.range) {
             if prev.column.domain != col.domain {
@@ -711,10 +707,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
             [_, s, t] => (Some(s.clone()), t.clone()),
             _ => return Ok(RelSource::Other),
         };
-        if schema.is_none() {
-            if let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == table) {
-                return Ok(RelSource::Derived(outs.clone()));
-            }
+        if schema.is_none()
+            && let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == table)
+        {
+            return Ok(RelSource::Derived(outs.clone()));
         }
         let found = match &schema {
             Some(s) => self.catalog.relation(s, &table),
@@ -799,16 +795,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         self.compare(l, r, "=")?;
                     }
                 }
-                JoinConstraint::Natural => {
+                JoinConstraint::Natural
                     if rels
                         .iter()
-                        .any(|r| matches!(r.source, RelSource::Catalog(_)))
-                    {
-                        return Err(Refusal::general(
-                            "NATURAL JOIN with a table holding encrypted columns",
-                            "unsupported",
-                        ));
-                    }
+                        .any(|r| matches!(r.source, RelSource::Catalog(_))) =>
+                {
+                    return Err(Refusal::general(
+                        "NATURAL JOIN with a table holding encrypted columns",
+                        "unsupported",
+                    ));
                 }
                 _ => {}
             }
@@ -948,14 +943,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
             None => Vec::new(),
         };
         let result = self.set_expr(&q.body, parent, &order);
-        if let Some(lc) = &q.limit_clause {
-            if self.watched.mentioned_in(&lc.to_string()) {
-                let scope = Scope {
-                    rels: vec![],
-                    parent,
-                };
-                let _ = scope;
-            }
+        if let Some(lc) = &q.limit_clause
+            && self.watched.mentioned_in(&lc.to_string())
+        {
+            self.ctes.truncate(pushed);
+            return Err(Refusal::general(
+                "LIMIT or OFFSET expressions over encrypted data",
+                "unsupported",
+            ));
         }
         self.ctes.truncate(pushed);
         result
@@ -998,16 +993,16 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 if let Some(h) = &s.having {
                     self.predicate(h, &scope)?;
                 }
-                if s.into.is_some() {
-                    if let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. })) {
-                        return Err(Refusal::general(
-                            format!(
-                                "SELECT INTO would copy ciphertext of column {} into an unconfigured table",
-                                o.name
-                            ),
-                            "unsupported",
-                        ));
-                    }
+                if s.into.is_some()
+                    && let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
+                {
+                    return Err(Refusal::general(
+                        format!(
+                            "SELECT INTO would copy ciphertext of column {} into an unconfigured table",
+                            o.name
+                        ),
+                        "unsupported",
+                    ));
                 }
                 if !s.named_window.is_empty() && self.watched.mentioned_in(&s.to_string()) {
                     return Err(Refusal::general(
@@ -1258,10 +1253,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     if rel.name != *qt {
                         continue;
                     }
-                    if let (Some(want), Some(have)) = (qs, &rel.schema) {
-                        if want != have {
-                            continue;
-                        }
+                    if let (Some(want), Some(have)) = (qs, &rel.schema)
+                        && want != have
+                    {
+                        continue;
                     }
                 }
                 match &rel.source {
@@ -1693,27 +1688,28 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     }
                     FunctionArguments::None => Vec::new(),
                 };
-                if let FunctionArguments::List(list) = &f.args {
-                    if !list.clauses.is_empty() && self.watched.mentioned_in(&e.to_string()) {
-                        return Err(Refusal::general(
-                            "aggregate clauses over encrypted data",
-                            "unsupported",
-                        ));
-                    }
+                if let FunctionArguments::List(list) = &f.args
+                    && !list.clauses.is_empty()
+                    && self.watched.mentioned_in(&e.to_string())
+                {
+                    return Err(Refusal::general(
+                        "aggregate clauses over encrypted data",
+                        "unsupported",
+                    ));
                 }
-                if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
-                    if self.watched.mentioned_in(&e.to_string()) {
-                        return Err(Refusal::general(
-                            "window or filtered aggregates over encrypted data",
-                            "unsupported",
-                        ));
-                    }
+                if (f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty())
+                    && self.watched.mentioned_in(&e.to_string())
+                {
+                    return Err(Refusal::general(
+                        "window or filtered aggregates over encrypted data",
+                        "unsupported",
+                    ));
                 }
                 for a in args {
-                    if let Class::Enc { col, .. } = self.expr(a, scope)? {
-                        if bare != "count" {
-                            return Err(refuse_col(&col, format!("function {bare}()"), "function"));
-                        }
+                    if let Class::Enc { col, .. } = self.expr(a, scope)?
+                        && bare != "count"
+                    {
+                        return Err(refuse_col(&col, format!("function {bare}()"), "function"));
                     }
                 }
                 Ok(Class::Plain)
@@ -1806,11 +1802,11 @@ fn expr_name(e: &Expr) -> String {
 }
 
 fn positional<'o>(e: &Expr, outs: &'o [Out]) -> Option<&'o Out> {
-    if let Expr::Value(v) = e {
-        if let Value::Number(n, _) = &v.value {
-            let i: usize = n.parse().ok()?;
-            return outs.get(i.checked_sub(1)?);
-        }
+    if let Expr::Value(v) = e
+        && let Value::Number(n, _) = &v.value
+    {
+        let i: usize = n.parse().ok()?;
+        return outs.get(i.checked_sub(1)?);
     }
     None
 }

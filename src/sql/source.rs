@@ -105,10 +105,10 @@ impl<'a> Source<'a> {
                 first = Some(i);
             }
         }
-        if let Some(f) = first {
-            if let Some(range) = self.range(f, self.tokens.len() - 1) {
-                out.push(range);
-            }
+        if let Some(f) = first
+            && let Some(range) = self.range(f, self.tokens.len() - 1)
+        {
+            out.push(range);
         }
         out
     }
