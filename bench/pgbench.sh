@@ -177,7 +177,7 @@ free_port PGVEIL_PORT
 PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
 BOUNCER_VERSION=$("$PGBOUNCER" --version | head -n1 | awk '{print $2}')
 PGVEIL_VERSION=$("$PGVEIL_BIN" --version | awk '{print $2}')
-PGVEIL_REV=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
+PGVEIL_REV="binary of $(date -r "$PGVEIL_BIN" '+%F %T'), repo at $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n1)
 NCPU=$(nproc)
 read -r LOAD1 _ </proc/loadavg || LOAD1=0

@@ -79,13 +79,26 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgveil: {e:#}");
+            let text = format!("{e:#}");
+            if text.starts_with("pgveil:") {
+                eprintln!("{text}");
+            } else {
+                eprintln!("pgveil: {text}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Run) {
+        // Commands other than `run` log warnings (a missing key check
+        // value, say) to stderr; `run` sets logging up from `[log]`.
+        let _ = pgveil::logging::init(&pgveil::config::Log {
+            level: "warn".into(),
+            format: pgveil::config::LogFormat::Text,
+        });
+    }
     match cli.command {
         Command::Keygen => commands::keys::keygen(),
         Command::Check => {

@@ -368,3 +368,121 @@ async fn markers_never_reach_disk_or_server_log() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn sql_prepare_execute_and_cursors() {
+    let pg = cluster();
+    let db = fixture(pg, "crm_prepare").await;
+    let proxy = Proxy::start(pg, &crm_config()).await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    q(
+        &c,
+        "PREPARE ins(int, text) AS INSERT INTO customers (id, email) VALUES ($1, $2)",
+    )
+    .await;
+    q(&c, "EXECUTE ins(1, 'p1@example.com')").await;
+    q(&c, "EXECUTE ins(2, 'p2@example.com')").await;
+    q(
+        &c,
+        "PREPARE find AS SELECT id, email FROM customers WHERE email = $1",
+    )
+    .await;
+    assert_eq!(
+        q(&c, "EXECUTE find('p2@example.com')").await,
+        vec![vec![s("2"), s("p2@example.com")]]
+    );
+    q(&c, "DEALLOCATE find").await;
+    // Cursors: FETCH results carry their origin and are decrypted.
+    c.batch_execute("BEGIN").await.unwrap();
+    q(
+        &c,
+        "DECLARE cur CURSOR FOR SELECT email FROM customers WHERE id = 1",
+    )
+    .await;
+    assert_eq!(
+        q(&c, "FETCH 1 FROM cur").await,
+        vec![vec![s("p1@example.com")]]
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+    // A unique violation's detail does not show ciphertext.
+    let err = c
+        .simple_query("INSERT INTO customers (id, email) VALUES (3, 'p1@example.com')")
+        .await
+        .unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    assert_eq!(db_err.code(), &SqlState::UNIQUE_VIOLATION);
+    let detail = db_err.detail().unwrap_or_default();
+    assert!(!detail.contains("\\x01"), "{detail}");
+    assert!(detail.contains("<encrypted>"), "{detail}");
+}
+
+#[tokio::test]
+async fn standard_conforming_strings_off_uses_escape_syntax() {
+    let pg = cluster();
+    let db = fixture(pg, "crm_scs").await;
+    let proxy = Proxy::start(pg, &crm_config()).await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    q(
+        &c,
+        "INSERT INTO customers (id, email) VALUES (1, 'scs@example.com')",
+    )
+    .await;
+    assert_eq!(
+        q(
+            &c,
+            "SELECT id FROM customers WHERE email = 'scs@example.com'"
+        )
+        .await,
+        vec![vec![s("1")]]
+    );
+    // Backslashes are ambiguous in this mode: refused, not guessed.
+    let err = c
+        .simple_query("SELECT id FROM customers WHERE email = 'a\\'b'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    c.batch_execute("SET standard_conforming_strings = on")
+        .await
+        .unwrap();
+    assert_eq!(
+        q(&c, "SELECT email FROM customers").await,
+        vec![vec![s("scs@example.com")]]
+    );
+}
+
+#[tokio::test]
+async fn passthrough_policy_forwards_and_unsupported_storage_is_refused() {
+    let pg = cluster();
+    let db = fixture(pg, "crm_policy").await;
+    let proxy = Proxy::start(
+        pg,
+        &format!(
+            "{}\n[policy]\non_unsupported = \"passthrough\"\n",
+            crm_config()
+        ),
+    )
+    .await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    // Refusable, but forwarded under the passthrough policy (runs on ciphertext).
+    q(&c, "SELECT id FROM customers ORDER BY email").await;
+    drop(c);
+
+    let db = fixture(pg, "crm_storage").await;
+    let proxy = Proxy::start(pg, &crm_config()).await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute("CREATE TABLE customers (id int, email int, phone text, birth_date date)")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("INSERT INTO customers (id, birth_date) VALUES (1, '2000-01-01')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert!(err.as_db_error().unwrap().message().contains("birth_date"));
+}

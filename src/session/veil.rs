@@ -10,7 +10,7 @@
 //! its first statement, with an internal Query whose responses the server
 //! pump consumes instead of forwarding.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -77,6 +77,9 @@ struct State {
     /// Names of relations used in extended-protocol refusals, so the
     /// database's "does not exist" error can be replaced by the refusal.
     refusal_tokens: Vec<(String, Refusal)>,
+    /// SQL-level prepared statements (`PREPARE`) and, per parameter, the
+    /// encrypted column it is bound to.
+    prepared: HashMap<String, Vec<Option<Encrypted>>>,
 }
 
 /// One session's encryption context.
@@ -117,6 +120,7 @@ pub async fn run(
             decoder: None,
             discard_until_ready: false,
             refusal_tokens: Vec::new(),
+            prepared: HashMap::new(),
         }),
     };
     let limits = &shared.config.limits;
@@ -313,7 +317,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
             &shared.encrypted_names,
         ),
     };
-    if !scan::needs_analysis(text, &watched, &[]) {
+    let prepared = veil.state().prepared.clone();
+    let tainted: Vec<String> = prepared.keys().cloned().collect();
+    if !scan::needs_analysis(text, &watched, &tainted) {
         veil.state().pending.push_back(Pending::Query(QueryState {
             hints: Vec::new(),
             index: 0,
@@ -328,13 +334,13 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, None));
     };
-    let mut analysis = analyze(text, &cat, &watched, &shared.configured);
+    let mut analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
     if analysis.stale {
         shared.invalidate_catalog(&veil.cache_key);
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
             let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_names);
-            analysis = analyze(text, &cat, &watched, &shared.configured);
+            analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
         }
     }
     if analysis
@@ -359,6 +365,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let mut replacements = Vec::new();
     let mut failure = None;
     'outer: for plan in &analysis.statements {
+        replacements.extend(plan.replacements.iter().cloned());
         for edit in &plan.edits {
             match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {
                 Ok(lit) => {
@@ -396,6 +403,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .iter()
         .map(|s| s.outputs.clone())
         .collect();
+    record_prepared(veil, &analysis.statements);
     veil.state().pending.push_back(Pending::Query(QueryState {
         hints,
         index: 0,
@@ -419,6 +427,23 @@ async fn on_query<W: AsyncWrite + Unpin>(
         None => {
             let r = Refusal::general("pgveil could not rewrite this statement", "unparsed");
             Ok(refuse(veil, text, &[], r, None))
+        }
+    }
+}
+
+/// Keeps the session's map of SQL-level prepared statements current.
+fn record_prepared(veil: &Veil, plans: &[crate::sql::StatementPlan]) {
+    let mut st = veil.state();
+    for plan in plans {
+        if let Some((name, spec)) = &plan.prepared {
+            st.prepared.insert(name.clone(), spec.clone());
+        }
+        match &plan.deallocated {
+            Some(Some(name)) => {
+                st.prepared.remove(name);
+            }
+            Some(None) => st.prepared.clear(),
+            None => {}
         }
     }
 }
@@ -476,8 +501,18 @@ fn refuse(
     };
     let mut parts = Vec::new();
     let mut hints = Vec::new();
+    record_prepared(veil, before);
     for plan in before {
-        let mut replacements = Vec::new();
+        let mut replacements: Vec<(std::ops::Range<usize>, String)> = plan
+            .replacements
+            .iter()
+            .map(|(r, t)| {
+                (
+                    r.start - plan.range.start..r.end - plan.range.start,
+                    t.clone(),
+                )
+            })
+            .collect();
         let mut ok = true;
         for edit in &plan.edits {
             match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {

@@ -9,7 +9,7 @@
 //! might, the statement is refused. Peer products forward what they cannot
 //! parse; pgveil refuses it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use sqlparser::ast::{
@@ -46,6 +46,8 @@ pub struct StatementPlan {
     pub range: Range<usize>,
     /// Literals to encrypt.
     pub edits: Vec<Edit>,
+    /// Other text to replace (declared parameter types of encrypted parameters).
+    pub replacements: Vec<(Range<usize>, String)>,
     /// For result columns PostgreSQL reports without an origin (set
     /// operations, scalar subqueries): the encrypted column by position.
     pub outputs: Vec<Option<Encrypted>>,
@@ -55,6 +57,10 @@ pub struct StatementPlan {
     pub touches: bool,
     /// `SET search_path` was seen.
     pub sets_search_path: bool,
+    /// `PREPARE name`: per parameter, the encrypted column it is bound to.
+    pub prepared: Option<(String, Vec<Option<Encrypted>>)>,
+    /// `DEALLOCATE name` (`None` inside: `DEALLOCATE ALL`).
+    pub deallocated: Option<Option<String>>,
 }
 
 /// The analysis of one simple Query (possibly several statements).
@@ -108,9 +114,13 @@ struct Lit {
 enum Class {
     Plain,
     Null,
-    Param,
+    /// `$n`, and whether the SQL casts it.
+    Param(usize, bool),
     Lits(Vec<Lit>),
-    Enc { col: Encrypted, direct: bool },
+    Enc {
+        col: Encrypted,
+        direct: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +175,12 @@ struct Ctx<'c, 'a> {
     touches: bool,
     stale: bool,
     configured: &'a [(String, String)],
+    /// Parameters bound to encrypted columns, by number.
+    params: BTreeMap<usize, Encrypted>,
+    /// SQL-level prepared statements of this session.
+    prepared: &'a HashMap<String, Vec<Option<Encrypted>>>,
+    replacements: Vec<(Range<usize>, String)>,
+    prepared_out: Option<(String, Vec<Option<Encrypted>>)>,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -182,6 +198,7 @@ pub fn analyze(
     catalog: &Catalog,
     watched: &Watched,
     configured: &[(String, String)],
+    prepared: &HashMap<String, Vec<Option<Encrypted>>>,
 ) -> Analysis {
     let unparsed = || Analysis {
         refusal: Some(Refusal::general(
@@ -213,7 +230,26 @@ pub fn analyze(
     let mut analysis = Analysis::default();
     for (stmt, range) in statements.iter().zip(ranges) {
         let stmt_text = &text[range.clone()];
-        if !watched.mentioned_in(stmt_text) {
+        if let Statement::Deallocate { name, .. } = stmt {
+            let target = if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                None
+            } else {
+                Some(norm(name))
+            };
+            analysis.statements.push(StatementPlan {
+                range,
+                deallocated: Some(target),
+                ..StatementPlan::default()
+            });
+            continue;
+        }
+        let names_prepared = match stmt {
+            Statement::Execute { name: Some(n), .. } => {
+                prepared.contains_key(name_parts(n).last().map(String::as_str).unwrap_or(""))
+            }
+            _ => false,
+        };
+        if !names_prepared && !watched.mentioned_in(stmt_text) {
             analysis.statements.push(StatementPlan {
                 range,
                 refresh_catalog: is_ddl(stmt),
@@ -231,6 +267,10 @@ pub fn analyze(
             touches: false,
             stale: false,
             configured,
+            params: BTreeMap::new(),
+            prepared,
+            replacements: Vec::new(),
+            prepared_out: None,
         };
         match ctx.statement(stmt) {
             Ok(outputs) => {
@@ -250,10 +290,13 @@ pub fn analyze(
                 analysis.statements.push(StatementPlan {
                     range,
                     edits: ctx.edits,
+                    replacements: ctx.replacements,
                     outputs: hints,
                     refresh_catalog: is_ddl(stmt),
                     touches: ctx.touches,
                     sets_search_path: sets_search_path(stmt),
+                    prepared: ctx.prepared_out,
+                    deallocated: None,
                 });
             }
             Err(r) => {
@@ -284,6 +327,7 @@ pub fn view_columns(
     let [Statement::Query(q)] = statements.as_slice() else {
         return Err(unparsed());
     };
+    let no_prepared = HashMap::new();
     let mut ctx = Ctx {
         catalog,
         source: &source,
@@ -293,6 +337,10 @@ pub fn view_columns(
         touches: false,
         stale: false,
         configured,
+        params: BTreeMap::new(),
+        prepared: &no_prepared,
+        replacements: Vec::new(),
+        prepared_out: None,
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -407,6 +455,49 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 }
             }
             Statement::Explain { statement, .. } => self.statement(statement),
+            Statement::Prepare {
+                name,
+                data_types,
+                statement,
+            } => {
+                self.statement(statement)?;
+                let count = self
+                    .params
+                    .keys()
+                    .max()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(data_types.len());
+                let spec: Vec<Option<Encrypted>> =
+                    (1..=count).map(|n| self.params.get(&n).cloned()).collect();
+                if !data_types.is_empty() && spec.iter().any(Option::is_some) {
+                    self.retype_parameters(name, data_types.len(), &spec)?;
+                }
+                self.prepared_out = Some((norm(name), spec));
+                Ok(None)
+            }
+            Statement::Execute {
+                name: Some(name),
+                parameters,
+                using,
+                ..
+            } => {
+                if !using.is_empty() {
+                    return Err(Refusal::general("EXECUTE ... USING", "unsupported"));
+                }
+                let key = name_parts(name).last().cloned().unwrap_or_default();
+                let spec = self.prepared.get(&key).cloned().unwrap_or_default();
+                let empty = Scope {
+                    rels: vec![],
+                    parent: None,
+                };
+                for (i, arg) in parameters.iter().enumerate() {
+                    let class = self.expr(arg, &empty)?;
+                    let target = spec.get(i).cloned().flatten();
+                    self.assign(target.as_ref(), class)?;
+                }
+                Ok(None)
+            }
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
@@ -634,7 +725,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ))
                 }
             }
-            (Some(t), Class::Param) => Err(refuse_col(t, "a parameter", "unsupported")),
+            (Some(t), Class::Param(n, false)) => self.bind_param(n, t),
+            (Some(t), Class::Param(_, true)) => {
+                Err(refuse_col(t, "a cast parameter", "unsupported"))
+            }
             (Some(t), Class::Plain) => Err(refuse_col(
                 t,
                 "writing a value pgveil cannot see (an expression or plaintext column)",
@@ -646,6 +740,77 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 "plaintext_comparison",
             )),
             (None, _) => Ok(()),
+        }
+    }
+
+    /// `PREPARE q(text, int) AS ...`: the declared type of each parameter
+    /// bound to an encrypted column becomes its storage type, so the
+    /// database accepts the ciphertext `EXECUTE` will pass.
+    fn retype_parameters(
+        &mut self,
+        name: &Ident,
+        declared: usize,
+        spec: &[Option<Encrypted>],
+    ) -> R<()> {
+        let fail = || Refusal::general("PREPARE parameter types pgveil cannot locate", "unparsed");
+        let src = self.source;
+        let start = src.token_at(name.span.start).ok_or_else(fail)?;
+        if !matches!(src.token(start + 1), Some(Token::LParen)) {
+            return Err(fail());
+        }
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut depth = 0i32;
+        let mut first = start + 2;
+        let mut i = start + 2;
+        loop {
+            match src.token(i).ok_or_else(fail)? {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => {
+                    groups.push((first, i - 1));
+                    break;
+                }
+                Token::RParen => depth -= 1,
+                Token::Comma if depth == 0 => {
+                    groups.push((first, i - 1));
+                    first = i + 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        if groups.len() != declared {
+            return Err(fail());
+        }
+        for (n, col) in spec.iter().enumerate() {
+            let (Some(col), Some((a, b))) = (col, groups.get(n)) else {
+                continue;
+            };
+            let storage = match col.storage {
+                StorageState::Bytea => "bytea",
+                StorageState::Text => "text",
+                StorageState::Unsupported(_) => return Err(fail()),
+            };
+            let range = src.range(*a, *b).ok_or_else(fail)?;
+            self.replacements.push((range, storage.to_string()));
+        }
+        Ok(())
+    }
+
+    fn bind_param(&mut self, n: usize, col: &Encrypted) -> R<()> {
+        self.check_storage(col)?;
+        match self.params.get(&n) {
+            Some(prev) if prev.domain != col.domain || prev.value_type != col.value_type => {
+                Err(refuse_col(
+                    col,
+                    format!("parameter ${n} used for two key domains"),
+                    "mixed_domains",
+                ))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.params.insert(n, col.clone());
+                Ok(())
+            }
         }
     }
 
@@ -1011,6 +1176,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ));
                 }
                 if outs.iter().any(|o| o.name == "*") {
+                    if outs
+                        .iter()
+                        .any(|o| matches!(o.class, Class::Enc { direct: false, .. }))
+                    {
+                        return Err(Refusal::general(
+                            "a result column that may hold ciphertext without a known origin, next to `*` over a table pgveil does not know",
+                            "unsupported",
+                        ));
+                    }
                     return Ok(None);
                 }
                 Ok(Some(outs))
@@ -1338,9 +1512,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 Ok(())
             }
             (Class::Enc { .. }, Class::Null) | (Class::Null, Class::Enc { .. }) => Ok(()),
-            (Class::Enc { col, .. }, Class::Param) | (Class::Param, Class::Enc { col, .. }) => Err(
-                refuse_col(&col, format!("`{op}` with a parameter"), "unsupported"),
-            ),
+            (Class::Enc { col, .. }, Class::Param(n, false))
+            | (Class::Param(n, false), Class::Enc { col, .. }) => self.bind_param(n, &col),
+            (Class::Enc { col, .. }, Class::Param(_, true))
+            | (Class::Param(_, true), Class::Enc { col, .. }) => Err(refuse_col(
+                &col,
+                format!("`{op}` with a cast parameter"),
+                "unsupported",
+            )),
             (Class::Enc { col, .. }, Class::Plain) | (Class::Plain, Class::Enc { col, .. }) => {
                 Err(refuse_col(
                     &col,
@@ -1454,7 +1633,16 @@ impl<'c, 'a> Ctx<'c, 'a> {
         if let Expr::Value(v) = e {
             match &v.value {
                 Value::Null => return Ok(Class::Null),
-                Value::Placeholder(_) => return Ok(Class::Param),
+                Value::Placeholder(p) => {
+                    let n = p
+                        .strip_prefix('$')
+                        .and_then(|d| d.parse::<usize>().ok())
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            Refusal::general("a parameter pgveil cannot read", "unparsed")
+                        })?;
+                    return Ok(Class::Param(n, false));
+                }
                 _ => {}
             }
         }
@@ -1653,7 +1841,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     format!("a cast to {data_type}"),
                     "function",
                 )),
-                Class::Param => Err(Refusal::general("a cast parameter", "unsupported")),
+                Class::Param(n, _) => Ok(Class::Param(n, true)),
                 _ => Ok(Class::Plain),
             },
             Expr::UnaryOp { op, expr } => match self.expr(expr, scope)? {
@@ -1976,9 +2164,6 @@ fn edit_texts<'t>(text: &'t str, a: &Analysis) -> Vec<&'t str> {
         .collect()
 }
 
-#[allow(dead_code)]
-fn _unused(_: HashMap<(), ()>) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2074,7 +2259,7 @@ mod tests {
             &configured,
             &["email".into(), "birth_date".into(), "phone".into()],
         );
-        analyze(sql, &c, &w, &configured)
+        analyze(sql, &c, &w, &configured, &HashMap::new())
     }
 
     fn ok_edits(sql: &str) -> Vec<String> {
@@ -2311,6 +2496,44 @@ mod tests {
     }
 
     #[test]
+    fn prepare_records_parameters_and_execute_encrypts_arguments() {
+        let sql = "PREPARE f(int, text) AS SELECT id FROM customers WHERE id = $1 AND email = $2";
+        let a = run(sql);
+        assert!(a.refusal.is_none(), "{:?}", a.refusal);
+        let plan = &a.statements[0];
+        let (name, spec) = plan.prepared.clone().unwrap();
+        assert_eq!(name, "f");
+        assert!(spec[0].is_none());
+        assert_eq!(spec[1].as_ref().unwrap().id.column, "email");
+        let retyped: Vec<&str> = plan
+            .replacements
+            .iter()
+            .map(|(r, _)| &sql[r.clone()])
+            .collect();
+        assert_eq!(retyped, vec!["text"]);
+
+        let c = catalog();
+        let configured = vec![("public".to_string(), "customers".to_string())];
+        let w = Watched::new(&c, &configured, &["email".into()]);
+        let mut prepared = HashMap::new();
+        prepared.insert("f".to_string(), spec);
+        let exec = "EXECUTE f(1, 'a@x')";
+        let a = analyze(exec, &c, &w, &configured, &prepared);
+        assert!(a.refusal.is_none(), "{:?}", a.refusal);
+        assert_eq!(edit_texts(exec, &a), vec!["'a@x'"]);
+        let a = analyze("EXECUTE f(1, lower('A'))", &c, &w, &configured, &prepared);
+        assert!(a.refusal.is_some());
+        let a = analyze("DEALLOCATE f", &c, &w, &configured, &prepared);
+        assert_eq!(a.statements[0].deallocated, Some(Some("f".to_string())));
+    }
+
+    #[test]
+    fn origin_less_ciphertext_beside_unknown_wildcard_is_refused() {
+        let r = refused("select *, (select email from customers limit 1) from other_table");
+        assert_eq!(r.reason, "unsupported");
+    }
+
+    #[test]
     fn numbers_and_negative_literals() {
         let c = Catalog::from_relations(
             vec![Relation {
@@ -2327,7 +2550,7 @@ mod tests {
         let configured = vec![("public".to_string(), "t".to_string())];
         let w = Watched::new(&c, &configured, &["n".into()]);
         let sql = "select 1 from t where n = -5 or n = 7::int4";
-        let a = analyze(sql, &c, &w, &configured);
+        let a = analyze(sql, &c, &w, &configured, &HashMap::new());
         assert!(a.refusal.is_none(), "{:?}", a.refusal);
         assert_eq!(edit_texts(sql, &a), vec!["-5", "7::int4"]);
     }
