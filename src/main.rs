@@ -46,6 +46,16 @@ enum Command {
         /// The plaintext value, in the column type's text form.
         value: String,
     },
+    /// Print (or apply) CHECK constraints that make the database reject
+    /// anything but ciphertext in configured columns.
+    Guard {
+        /// Storage encoding for columns whose config names none (default bytea).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        /// Apply them through this connection URL instead of printing.
+        #[arg(long, value_name = "DATABASE_URL")]
+        apply: Option<String>,
+    },
     /// Print the plaintext of a stored value (as psql prints it).
     Decrypt {
         /// Configured column, `[schema.]table.column`.
@@ -119,6 +129,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&cli.config)?;
             commands::keys::encrypt(&config, &column, storage.map(Into::into), &value)
+        }
+        Command::Guard { storage, apply } => {
+            let config = Config::load(&cli.config)?;
+            commands::guard::guard(&config, storage.map(Into::into), apply.as_deref())
         }
         Command::Decrypt {
             column,

@@ -201,9 +201,14 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             info!(listen = %addr, upstream = %shared.config.upstream.address.get_ref(), "pgveil serving");
         }
+        let mut hangup = hangup_signal();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(()) = recv_hangup(&mut hangup) => {
+                    info!("SIGHUP: catalogs will be re-read before each session's next statement");
+                    shared.invalidate_all_catalogs();
+                }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done
                         && e.is_panic() {
@@ -297,4 +302,36 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
     info!("shutdown signal received");
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Next SIGHUP; never resolves when signals are unavailable.
+async fn recv_hangup(h: &mut Hangup) -> Option<()> {
+    #[cfg(unix)]
+    {
+        match h {
+            Some(sig) => sig.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = h;
+        std::future::pending().await
+    }
 }

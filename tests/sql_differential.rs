@@ -985,3 +985,63 @@ async fn refused_shapes_fail_closed_and_write_nothing() {
     drop((c, raw));
     proxy.stop().await;
 }
+
+// ---- exploration (temporary) ----
+
+async fn classify(plain: &Client, veil: &Client, sql: &str) -> String {
+    let p = run(plain, sql).await;
+    let v = run(veil, sql).await;
+    let tag = match (&p, &v) {
+        (Ok(a), Ok(b)) if a == b => "AGREE",
+        (_, Err(e)) if e.starts_with("0A000") => "REFUSED",
+        (Err(_), Err(_)) => "BOTH-ERR",
+        _ => "MISMATCH",
+    };
+    format!(
+        "[{tag}] {sql}\n    plain:  {}\n    pgveil: {}",
+        show(&p),
+        show(&v)
+    )
+}
+
+#[tokio::test]
+#[ignore]
+async fn explore() {
+    let pair = Pair::load("x_plain", "x_enc").await;
+    let plain = pair.plain().await;
+    let veil = pair.veiled().await;
+    let sqls: Vec<String> = std::fs::read_to_string("/tmp/gen/probes.sql")
+        .unwrap()
+        .split("\n;;\n")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for sql in &sqls {
+        println!("{}\n", classify(&plain, &veil, sql).await);
+    }
+    let raw = pair.raw().await;
+    for (table, column, _, _) in ENCRYPTED {
+        for row in rows(&raw, &format!("SELECT id, {column} FROM {table}")).await {
+            if let Some(v) = &row[1] {
+                if !v.starts_with("\\x01") {
+                    println!("NON-ENVELOPE {table}.{column} id={:?}: {v}", row[0]);
+                }
+            }
+        }
+    }
+    let log = std::fs::read_to_string(pair.enc_pg.dir.join("log")).unwrap_or_default();
+    for needle in [
+        "zz-",
+        "ken@example.com",
+        "shadow@",
+        "scs@",
+        "back\\slash",
+        "o''brien",
+        "1906-12",
+        "trunc",
+    ] {
+        for line in log.lines().filter(|l| l.contains(needle)) {
+            println!("LOG[{needle}]: {line}");
+        }
+    }
+}

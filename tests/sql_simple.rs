@@ -486,3 +486,76 @@ async fn passthrough_policy_forwards_and_unsupported_storage_is_refused() {
     assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
     assert!(err.as_db_error().unwrap().message().contains("birth_date"));
 }
+
+#[tokio::test]
+async fn guard_constraints_reject_plaintext_written_around_pgveil() {
+    let pg = cluster();
+    let db = fixture(pg, "crm_guard").await;
+    let proxy = Proxy::start(pg, &crm_config()).await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute("CREATE TABLE crm_new (id int, secret bytea)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n{}\n[[encrypt]]\ntable = \"customers\"\ncolumn = \"name\"\nstorage = \"text\"\n",
+            pg.port,
+            crm_config()
+        ),
+    )
+    .unwrap();
+    c.batch_execute("ALTER TABLE customers ALTER COLUMN name TYPE text")
+        .await
+        .unwrap();
+    let url = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/{db}",
+        support::PASSWORD,
+        pg.port
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["guard", "--config"])
+        .arg(&config_path)
+        .args(["--apply", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = direct_db(pg, &db).await;
+    let err = d
+        .simple_query("INSERT INTO customers (id, email) VALUES (1, 'plain@example.com')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+    let err = d
+        .simple_query("INSERT INTO customers (id, name) VALUES (2, 'Plain Name')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION));
+    // Through pgveil the same rows are ciphertext and pass the check.
+    drop(c);
+    let proxy = Proxy::start(
+        pg,
+        &format!(
+            "{}\n[[encrypt]]\ntable = \"customers\"\ncolumn = \"name\"\n",
+            crm_config()
+        ),
+    )
+    .await;
+    let c = connect_db(&proxy, pg, &db).await;
+    q(
+        &c,
+        "INSERT INTO customers (id, email, name) VALUES (1, 'ok@example.com', 'Ada')",
+    )
+    .await;
+    assert_eq!(
+        q(&c, "SELECT name, email FROM customers").await,
+        vec![vec![s("Ada"), s("ok@example.com")]]
+    );
+}

@@ -1,3 +1,4 @@
 //! Subcommands of the `pgveil` binary that are more than a call into the library.
 
+pub mod guard;
 pub mod keys;

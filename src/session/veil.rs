@@ -86,11 +86,30 @@ struct State {
 pub struct Veil {
     shared: Arc<Shared>,
     keyring: Arc<Keyring>,
-    cache_key: (String, String),
+    database: String,
+    user: String,
+    /// Catalog cache key: (database, user), or a key of this session's own
+    /// once it has changed its `search_path` (name resolution differs).
+    cache_key: Mutex<(String, String)>,
     state: Mutex<State>,
 }
 
 impl Veil {
+    fn key(&self) -> (String, String) {
+        self.cache_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn make_key_private(&self) {
+        let mut token = [0u8; 8];
+        let _ = getrandom::fill(&mut token);
+        let suffix: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        *self.cache_key.lock().unwrap_or_else(|p| p.into_inner()) =
+            (self.database.clone(), format!("{}#{suffix}", self.user));
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a pump panicked; the other still needs the
         // state to finish, and the data is consistent per message.
@@ -112,7 +131,9 @@ pub async fn run(
     let veil = Veil {
         shared: shared.clone(),
         keyring,
-        cache_key: (database.to_string(), user.to_string()),
+        database: database.to_string(),
+        user: user.to_string(),
+        cache_key: Mutex::new((database.to_string(), user.to_string())),
         state: Mutex::new(State {
             settings: SessionSettings::new(),
             standard_strings: true,
@@ -229,7 +250,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     veil: &Veil,
     writer: &mut W,
 ) -> Option<Arc<Catalog>> {
-    if let Some(c) = veil.shared.catalog_cached(&veil.cache_key) {
+    if let Some(c) = veil.shared.catalog_cached(&veil.key()) {
         return Some(c);
     }
     let (tx, rx) = oneshot::channel();
@@ -249,7 +270,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     let rows = match rx.await {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
-            warn!(database = %veil.cache_key.0, error = %e, "catalog query failed");
+            warn!(database = %veil.database, error = %e, "catalog query failed");
             return None;
         }
         Err(_) => return None,
@@ -263,14 +284,13 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     };
     map_views(&mut catalog, &veil.shared);
     for id in &catalog.inactive {
-        info!(database = %veil.cache_key.0, column = %id, "configured column not present in this database; inactive until it is created");
+        info!(database = %veil.database, column = %id, "configured column not present in this database; inactive until it is created");
     }
     for id in &catalog.defaults {
-        warn!(database = %veil.cache_key.0, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
+        warn!(database = %veil.database, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
     }
     let catalog = Arc::new(catalog);
-    veil.shared
-        .store_catalog(veil.cache_key.clone(), catalog.clone());
+    veil.shared.store_catalog(veil.key(), catalog.clone());
     Some(catalog)
 }
 
@@ -305,7 +325,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Err(e) => return Err(SessionError::Protocol(format!("malformed Query: {e}"))),
     };
     let shared = &veil.shared;
-    let mut catalog = shared.catalog_cached(&veil.cache_key);
+    let mut catalog = shared.catalog_cached(&veil.key());
     if catalog.is_none() {
         catalog = ensure_catalog(veil, writer).await;
     }
@@ -317,6 +337,10 @@ async fn on_query<W: AsyncWrite + Unpin>(
             &shared.encrypted_names,
         ),
     };
+    if text.len() < 4096 && text.to_ascii_lowercase().contains("search_path") {
+        // Name resolution may change: this session gets a catalog of its own.
+        veil.make_key_private();
+    }
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().cloned().collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
@@ -336,19 +360,18 @@ async fn on_query<W: AsyncWrite + Unpin>(
     };
     let mut analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
     if analysis.stale {
-        shared.invalidate_catalog(&veil.cache_key);
+        shared.invalidate_catalog(&veil.key());
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
             let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_names);
             analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
         }
     }
-    if analysis
-        .statements
-        .iter()
-        .any(|s| s.refresh_catalog || s.sets_search_path)
-    {
-        shared.invalidate_catalog(&veil.cache_key);
+    if analysis.statements.iter().any(|s| s.sets_search_path) {
+        veil.make_key_private();
+    }
+    if analysis.statements.iter().any(|s| s.refresh_catalog) {
+        shared.invalidate_catalog(&veil.key());
     }
     let (standard_strings, settings) = {
         let st = veil.state();
@@ -494,7 +517,7 @@ fn refuse(
         .with_label_values(&[refusal.reason])
         .inc();
     info!(target: "audit", reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          database = %veil.cache_key.0, user = %veil.cache_key.1, "statement refused");
+          database = %veil.database, user = %veil.user, "statement refused");
     let (settings, standard_strings) = {
         let st = veil.state();
         (st.settings.clone(), st.standard_strings)
@@ -552,7 +575,7 @@ fn refuse(
 fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
     let parsed = parse::decode(frame).ok()?;
     let shared = &veil.shared;
-    let catalog = shared.catalog_cached(&veil.cache_key);
+    let catalog = shared.catalog_cached(&veil.key());
     let watched = match &catalog {
         Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_names),
         None => Watched::new(
@@ -724,7 +747,7 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                     q.catalog.clone(),
                     q.hints.get(q.index).cloned().unwrap_or_default(),
                 ),
-                _ => (veil.shared.catalog_cached(&veil.cache_key), Vec::new()),
+                _ => (veil.shared.catalog_cached(&veil.key()), Vec::new()),
             };
             let in_query = matches!(st.pending.front(), Some(Pending::Query(_)));
             let mut columns = Vec::with_capacity(fields.len());
