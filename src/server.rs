@@ -38,8 +38,8 @@ pub struct Shared {
     pub keyring: Option<Arc<Keyring>>,
     /// Configured `(schema, table)` names.
     pub configured: Vec<(String, String)>,
-    /// Configured column names, for the fast-path scan.
-    pub encrypted_names: Vec<String>,
+    /// Configured columns as `(schema, table, column)`.
+    pub encrypted_columns: Vec<(String, String, String)>,
     /// Catalogs by (database, user).
     catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
 }
@@ -59,17 +59,21 @@ impl Shared {
             ))
         };
         let configured = catalog::configured_tables(&config);
-        let mut encrypted_names: Vec<String> =
-            config.encrypt.iter().map(|c| c.column.clone()).collect();
-        encrypted_names.sort();
-        encrypted_names.dedup();
+        let encrypted_columns = config
+            .encrypt
+            .iter()
+            .map(|c| {
+                let id = c.id();
+                (id.schema, id.table, id.column)
+            })
+            .collect();
         Ok(Shared {
             config,
             metrics,
             health: Health::default(),
             keyring,
             configured,
-            encrypted_names,
+            encrypted_columns,
             catalogs: std::sync::Mutex::new(HashMap::new()),
         })
     }

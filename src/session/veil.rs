@@ -296,7 +296,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
 
 /// Maps view columns to base columns; views pgveil cannot follow become opaque.
 fn map_views(catalog: &mut Catalog, shared: &Shared) {
-    let watched = Watched::new(catalog, &shared.configured, &shared.encrypted_names);
+    let watched = Watched::new(catalog, &shared.configured, &shared.encrypted_columns);
     let snapshot = catalog.clone();
     for rel in catalog.relations_mut() {
         let Some(def) = rel.definition.take() else {
@@ -330,11 +330,11 @@ async fn on_query<W: AsyncWrite + Unpin>(
         catalog = ensure_catalog(veil, writer).await;
     }
     let watched = match &catalog {
-        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_names),
+        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_columns),
         None => Watched::new(
             &Catalog::default(),
             &shared.configured,
-            &shared.encrypted_names,
+            &shared.encrypted_columns,
         ),
     };
     if text.len() < 4096 && text.to_ascii_lowercase().contains("search_path") {
@@ -363,7 +363,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         shared.invalidate_catalog(&veil.key());
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
-            let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_names);
+            let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_columns);
             analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
         }
     }
@@ -577,11 +577,11 @@ fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
     let shared = &veil.shared;
     let catalog = shared.catalog_cached(&veil.key());
     let watched = match &catalog {
-        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_names),
+        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_columns),
         None => Watched::new(
             &Catalog::default(),
             &shared.configured,
-            &shared.encrypted_names,
+            &shared.encrypted_columns,
         ),
     };
     if !scan::needs_analysis(parsed.query, &watched, &[]) {

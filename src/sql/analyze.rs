@@ -81,17 +81,26 @@ pub struct Watched {
     /// Lower-cased names of configured tables, views over them, and
     /// encrypted columns.
     pub names: Vec<String>,
+    /// Configured columns as `(schema, table, column)`.
+    pub columns: Vec<(String, String, String)>,
 }
 
 impl Watched {
     /// The names a catalog and config make sensitive.
-    pub fn new(catalog: &Catalog, configured: &[(String, String)], columns: &[String]) -> Watched {
+    pub fn new(
+        catalog: &Catalog,
+        configured: &[(String, String)],
+        columns: &[(String, String, String)],
+    ) -> Watched {
         let mut names: Vec<String> = configured.iter().map(|(_, t)| t.to_lowercase()).collect();
         names.extend(catalog.relations().iter().map(|r| r.name.to_lowercase()));
-        names.extend(columns.iter().map(|c| c.to_lowercase()));
+        names.extend(columns.iter().map(|(_, _, c)| c.to_lowercase()));
         names.sort();
         names.dedup();
-        Watched { names }
+        Watched {
+            names,
+            columns: columns.to_vec(),
+        }
     }
 
     /// Whether any watched name occurs as a word in `text`.
@@ -520,6 +529,32 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 Ok(None)
             }
             Statement::CreateTable(ct) => {
+                let parts = name_parts(&ct.name);
+                let (schema, table) = match parts.as_slice() {
+                    [t] => (
+                        self.catalog
+                            .search_path
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| "public".into()),
+                        t.clone(),
+                    ),
+                    [s, t] | [_, s, t] => (s.clone(), t.clone()),
+                    _ => (String::new(), String::new()),
+                };
+                for col in &ct.columns {
+                    let has_default = col
+                        .options
+                        .iter()
+                        .any(|o| matches!(o.option, sqlparser::ast::ColumnOption::Default(_)));
+                    if has_default && self.configured_column(&schema, &table, &norm(&col.name)) {
+                        return Err(Refusal::on_column(
+                            &format!("{schema}.{table}.{}", norm(&col.name)),
+                            "a DEFAULT (the database would store it in plaintext)",
+                            "unsupported",
+                        ));
+                    }
+                }
                 if let Some(q) = &ct.query {
                     let outs = self.query(q, None)?;
                     if let Some(outs) = outs
@@ -536,8 +571,38 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 }
                 Ok(None)
             }
-            Statement::AlterTable(_)
-            | Statement::Drop { .. }
+            Statement::AlterTable(at) => {
+                if let RelSource::Catalog(rel) = self.relation(&at.name)? {
+                    use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ColumnOption};
+                    for op in &at.operations {
+                        let (column, has_default) = match op {
+                            AlterTableOperation::AlterColumn {
+                                column_name,
+                                op: AlterColumnOperation::SetDefault { .. },
+                            } => (norm(column_name), true),
+                            AlterTableOperation::AddColumn { column_def, .. } => (
+                                norm(&column_def.name),
+                                column_def
+                                    .options
+                                    .iter()
+                                    .any(|o| matches!(o.option, ColumnOption::Default(_))),
+                            ),
+                            _ => continue,
+                        };
+                        let configured = self.configured_column(&rel.schema, &rel.name, &column)
+                            || rel.column(&column).is_some_and(|c| c.encrypted.is_some());
+                        if has_default && configured {
+                            return Err(Refusal::on_column(
+                                &format!("{}.{}.{column}", rel.schema, rel.name),
+                                "a DEFAULT (the database would store it in plaintext)",
+                                "unsupported",
+                            ));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Statement::Drop { .. }
             | Statement::CreateIndex(_)
             | Statement::Truncate(_)
             | Statement::Comment { .. }
@@ -557,6 +622,13 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 "unsupported",
             )),
         }
+    }
+
+    fn configured_column(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.watched
+            .columns
+            .iter()
+            .any(|(s, t, c)| s == schema && t == table && c == column)
     }
 
     fn view_write_check(&self, scope: &Scope<'_, 'c>) -> R<()> {
@@ -1137,6 +1209,21 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 if let Some(w) = &s.selection {
                     self.predicate(w, &scope)?;
                 }
+                if let Some(sqlparser::ast::Distinct::On(exprs)) = &s.distinct {
+                    for e in exprs {
+                        // DISTINCT ON compares for equality: fine on ciphertext,
+                        // but its expressions must be analysable.
+                        self.expr(e, &scope)?;
+                    }
+                }
+                for extra in [&s.prewhere, &s.qualify].into_iter().flatten() {
+                    if self.watched.mentioned_in(&extra.to_string()) {
+                        return Err(Refusal::general(
+                            "this clause over encrypted data",
+                            "unsupported",
+                        ));
+                    }
+                }
                 let outs = self.projection(&s.projection, &scope, order)?;
                 match &s.group_by {
                     GroupByExpr::Expressions(exprs, _) => {
@@ -1487,7 +1574,39 @@ impl<'c, 'a> Ctx<'c, 'a> {
             return Ok(Class::Plain);
         };
         let qualifier = if qual.is_empty() { None } else { Some(qual) };
-        Ok(self.lookup(scope, qualifier, col)?.unwrap_or(Class::Plain))
+        match self.lookup(scope, qualifier, col)? {
+            Some(c) => Ok(c),
+            None if qualifier.is_none() => {
+                // Not a column: maybe a whole-row reference (`to_json(c)`).
+                self.whole_row(scope, col)?;
+                Ok(Class::Plain)
+            }
+            None => Ok(Class::Plain),
+        }
+    }
+
+    /// Refuses a whole-row reference to a relation holding ciphertext.
+    fn whole_row(&self, scope: &Scope<'_, 'c>, name: &str) -> R<()> {
+        let mut level = Some(scope);
+        while let Some(s) = level {
+            for rel in s.rels.iter().filter(|r| r.name == name) {
+                let has_enc = match &rel.source {
+                    RelSource::Catalog(r) => r.columns.iter().any(|c| c.encrypted.is_some()),
+                    RelSource::Derived(outs) => {
+                        outs.iter().any(|o| matches!(o.class, Class::Enc { .. }))
+                    }
+                    RelSource::Other => false,
+                };
+                if has_enc {
+                    return Err(Refusal::general(
+                        format!("a whole-row reference to {name}, which holds encrypted columns"),
+                        "function",
+                    ));
+                }
+            }
+            level = s.parent;
+        }
+        Ok(())
     }
 
     /// Equality-like comparison of two classes.
@@ -1876,6 +1995,19 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     }
                     FunctionArguments::None => Vec::new(),
                 };
+                if let FunctionArguments::List(list) = &f.args {
+                    for a in &list.args {
+                        let (FunctionArg::Unnamed(arg)
+                        | FunctionArg::Named { arg, .. }
+                        | FunctionArg::ExprNamed { arg, .. }) = a;
+                        if let FunctionArgExpr::QualifiedWildcard(n) = arg {
+                            let parts = name_parts(n);
+                            if let Some(last) = parts.last() {
+                                self.whole_row(scope, last)?;
+                            }
+                        }
+                    }
+                }
                 if let FunctionArguments::List(list) = &f.args
                     && !list.clauses.is_empty()
                     && self.watched.mentioned_in(&e.to_string())
@@ -2248,17 +2380,23 @@ mod tests {
         )
     }
 
+    fn cols(names: &[&str]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for t in ["customers", "leads", "t"] {
+            for n in names {
+                out.push(("public".to_string(), t.to_string(), n.to_string()));
+            }
+        }
+        out
+    }
+
     fn run(sql: &str) -> Analysis {
         let c = catalog();
         let configured = vec![
             ("public".to_string(), "customers".to_string()),
             ("public".to_string(), "leads".to_string()),
         ];
-        let w = Watched::new(
-            &c,
-            &configured,
-            &["email".into(), "birth_date".into(), "phone".into()],
-        );
+        let w = Watched::new(&c, &configured, &cols(&["email", "birth_date", "phone"]));
         analyze(sql, &c, &w, &configured, &HashMap::new())
     }
 
@@ -2514,7 +2652,7 @@ mod tests {
 
         let c = catalog();
         let configured = vec![("public".to_string(), "customers".to_string())];
-        let w = Watched::new(&c, &configured, &["email".into()]);
+        let w = Watched::new(&c, &configured, &cols(&["email"]));
         let mut prepared = HashMap::new();
         prepared.insert("f".to_string(), spec);
         let exec = "EXECUTE f(1, 'a@x')";
@@ -2534,6 +2672,46 @@ mod tests {
     }
 
     #[test]
+    fn defaults_on_encrypted_columns_are_refused() {
+        assert!(
+            refused("alter table customers alter column email set default 'x@y'")
+                .message()
+                .contains("DEFAULT")
+        );
+        assert!(
+            refused("create table leads (id int, email bytea default 'a')")
+                .message()
+                .contains("DEFAULT")
+        );
+        assert!(
+            run("alter table customers alter column score set default 0")
+                .refusal
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn whole_row_references_are_refused() {
+        assert_eq!(
+            refused("select to_json(c) from customers c").reason,
+            "function"
+        );
+        assert_eq!(
+            refused("select row_to_json(c.*) from customers c").reason,
+            "function"
+        );
+        assert!(
+            run("select distinct on (email) id from customers")
+                .refusal
+                .is_none()
+        );
+        assert_eq!(
+            refused("select distinct on (lower(email)) id from customers").reason,
+            "function"
+        );
+    }
+
+    #[test]
     fn numbers_and_negative_literals() {
         let c = Catalog::from_relations(
             vec![Relation {
@@ -2548,7 +2726,7 @@ mod tests {
             vec!["public".into()],
         );
         let configured = vec![("public".to_string(), "t".to_string())];
-        let w = Watched::new(&c, &configured, &["n".into()]);
+        let w = Watched::new(&c, &configured, &cols(&["n"]));
         let sql = "select 1 from t where n = -5 or n = 7::int4";
         let a = analyze(sql, &c, &w, &configured, &HashMap::new());
         assert!(a.refusal.is_none(), "{:?}", a.refusal);

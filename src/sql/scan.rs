@@ -28,6 +28,7 @@ mod tests {
     fn watched() -> Watched {
         Watched {
             names: vec!["customers".into(), "email".into()],
+            columns: Vec::new(),
         }
     }
 
