@@ -1052,3 +1052,332 @@ async fn refused_shapes_fail_closed_and_write_nothing() {
     drop((c, raw));
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------
+// Shapes where refusing is as good as agreeing: pgveil may not support
+// them (yet), but it must never answer differently from PostgreSQL.
+// ---------------------------------------------------------------------
+
+/// `None` when pgveil agrees with the plain database or refuses (0A000).
+async fn agree_or_refuse(plain: &Client, veil: &Client, sql: &str) -> Option<String> {
+    let p = run(plain, sql).await;
+    let v = run(veil, sql).await;
+    match (&p, &v) {
+        (Ok(a), Ok(b)) if a == b => None,
+        (_, Err(e)) if e.starts_with("0A000 pgveil:") => None,
+        _ => Some(format!(
+            "{sql}\n    plain:  {}\n    pgveil: {}",
+            show(&p),
+            show(&v)
+        )),
+    }
+}
+
+/// Runs the statements in order on one session per database; panics
+/// listing every one where pgveil neither agrees nor refuses.
+async fn assert_agree_or_refuse(plain: &Client, veil: &Client, sqls: &[&str]) {
+    let mut failures = Vec::new();
+    for sql in sqls {
+        if let Some(f) = agree_or_refuse(plain, veil, sql).await {
+            failures.push(f);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} statements neither agree nor are refused:\n\n{}",
+        failures.len(),
+        sqls.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// Runs `sql` through pgveil: `true` when it ran, `false` when refused.
+async fn ran_or_refused(c: &Client, sql: &str) -> bool {
+    match c.simple_query(sql).await {
+        Ok(_) => true,
+        Err(e) => {
+            let d = describe(&e);
+            assert!(d.starts_with("0A000 pgveil:"), "{sql}: {d}");
+            false
+        }
+    }
+}
+
+const AGREE_OR_REFUSE: &[&str] = &[
+    "TABLE leads",
+    "SELECT email FROM customers c JOIN leads l USING (email)",
+    "SELECT id FROM customers WHERE (email, phone) = ('ken@example.com', '+1 908 555 0123')",
+    "SELECT id FROM customers WHERE (email, phone) IN (('ken@example.com', '+1 908 555 0123'))",
+    "SELECT id FROM customers c WHERE (c).email = 'ken@example.com'",
+    "SELECT id FROM customers WHERE email = 'ken@example.com' COLLATE \"C\"",
+    "SELECT id FROM customers WHERE email = 'ken@'\n'example.com'",
+    "SELECT id FROM customers WHERE email = ANY('{ken@example.com}'::text[])",
+    "SELECT email, count(*) FROM leads GROUP BY ROLLUP (email)",
+    "SELECT id, count(*) OVER (PARTITION BY email) FROM leads",
+    "SELECT coalesce(l.email, c.email) FROM leads l JOIN customers c ON c.id = l.id - 200",
+    "SELECT greatest(email, phone) FROM customers",
+    "SELECT id FROM customers WHERE email = 'ken@example.com' LIMIT (SELECT count(*) FROM leads WHERE email = 'ken@example.com')",
+    "UPDATE customers SET email = DEFAULT WHERE id = 3",
+    "UPDATE leads SET (email, phone) = ('multi@example.com', '+1') WHERE id = 201 AND false",
+    "MERGE INTO leads l USING (SELECT 201 AS id) s ON l.id = s.id WHEN NOT MATCHED THEN INSERT (id, email, source, status) VALUES (1800, 'merge@example.com', 'x', 'new')",
+    "SELECT id FROM customers WHERE email = 'ken@example.com' AND national_id IS NOT NULL AND email IS NOT DISTINCT FROM phone",
+    // standard_conforming_strings off: plain literals still work; pgveil
+    // refuses statements with backslashes rather than guess.
+    "SET standard_conforming_strings = off",
+    "SELECT id FROM customers WHERE email = 'ken@example.com'",
+    "SELECT id FROM customers WHERE email = 'back\\\\slash@example.com'",
+    "SELECT id FROM customers WHERE email = 'o\\'brien@example.ie'",
+    "SELECT id FROM customers WHERE national_id = E'BS\\\\2000\\\\028'",
+    "INSERT INTO leads (id, full_name, email, phone, source, status) VALUES (1300, 'Scs Off', 'scs@off.example', '+1 555 1300', 'w', 'new') RETURNING email, phone",
+    "SELECT id, phone FROM leads WHERE email = 'scs@off.example'",
+    "SET standard_conforming_strings = on",
+    // Dates are shown in the session's DateStyle.
+    "SET DateStyle = 'SQL, DMY'",
+    "SELECT id, birth_date FROM customers",
+    "SET DateStyle = 'German'",
+    "SELECT id, birth_date FROM customers",
+    "SET DateStyle = 'Postgres, MDY'",
+    "SELECT id, birth_date FROM customers",
+    "RESET DateStyle",
+    "SELECT id, birth_date FROM customers",
+];
+
+#[tokio::test]
+async fn other_shapes_agree_or_are_refused() {
+    let pair = Pair::load("diff_other_plain", "diff_other_enc", false).await;
+    let plain = pair.plain().await;
+    let veil = pair.veiled().await;
+    assert_agree_or_refuse(&plain, &veil, AGREE_OR_REFUSE).await;
+    let secrets = plaintexts(&plain).await;
+    assert_only_ciphertext(&pair.raw().await, &secrets).await;
+    drop((plain, veil));
+    pair.proxy.stop().await;
+}
+
+/// The whole fixture (DDL and seed) as one simple Query through pgveil:
+/// the INSERTs name tables the catalog does not hold yet.
+#[tokio::test]
+async fn fixture_sent_as_one_query_is_encrypted_or_refused() {
+    let pg = cluster();
+    let (plain_db, enc_db) = ("diff_batch_plain", "diff_batch_enc");
+    fresh_db(pg, plain_db).await;
+    let plain = direct(pg, plain_db).await;
+    plain
+        .batch_execute(&fixture_sql("text", "date"))
+        .await
+        .unwrap();
+    fresh_db(pg, enc_db).await;
+    let proxy = Proxy::start(pg, &config()).await;
+    let veil = veiled(&proxy, pg, enc_db).await;
+    let raw = direct(pg, enc_db).await;
+    match veil.simple_query(&fixture_sql("bytea", "bytea")).await {
+        Err(e) => {
+            let d = describe(&e);
+            assert!(d.starts_with("0A000 pgveil:"), "{d}");
+            // Refused as a whole: the implicit transaction rolled back.
+            assert_eq!(
+                rows(
+                    &raw,
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                )
+                .await,
+                vec![vec![Some("0".to_string())]]
+            );
+        }
+        Ok(_) => {
+            assert_only_ciphertext(&raw, &plaintexts(&plain).await).await;
+            assert_agree(&plain, &veil, "tables", &refs(&table_dumps())).await;
+        }
+    }
+    drop((plain, veil, raw));
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// Known pgveil bugs: each test states the correct behaviour and fails
+// today. Remove the `ignore` once fixed.
+// ---------------------------------------------------------------------
+
+#[tokio::test]
+#[ignore = "pgveil bug: a literal reaching an encrypted column through VALUES, a CTE or a derived table is \
+            encrypted wherever it flows: returned to the client as ciphertext, compared as ciphertext with plaintext"]
+async fn bug_literal_through_values_or_cte_is_encrypted_everywhere() {
+    let pair = Pair::load("bug_lit_plain", "bug_lit_enc", false).await;
+    let (plain, veil) = (pair.plain().await, pair.veiled().await);
+    assert_agree_or_refuse(
+        &plain,
+        &veil,
+        &[
+            "SELECT v.e, c.id FROM (VALUES ('ada.lovelace@example.com'), ('grace.hopper@example.com')) AS v(e) JOIN customers c ON c.email = v.e",
+            "SELECT c.id FROM (VALUES ('ada.lovelace@example.com')) AS v(e) JOIN customers c ON c.email = v.e WHERE v.e = 'ada.lovelace@example.com'",
+            "WITH wanted(e) AS (VALUES ('ken@example.com')) SELECT wanted.e, c.id FROM wanted JOIN customers c ON c.email = wanted.e",
+            "WITH p AS (SELECT 'ken@example.com' AS e) SELECT p.e, c.id FROM p JOIN customers c ON c.email = p.e",
+            "SELECT length(v.e) FROM (VALUES ('ken@example.com')) AS v(e) JOIN customers c ON c.email = v.e",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: whole-row references, row_to_json, ARRAY(subquery) return ciphertext to the client, \
+            and LIKE on a row's text form is not refused"]
+async fn bug_whole_row_references_return_ciphertext() {
+    let pair = Pair::load("bug_row_plain", "bug_row_enc", false).await;
+    let (plain, veil) = (pair.plain().await, pair.veiled().await);
+    assert_agree_or_refuse(
+        &plain,
+        &veil,
+        &[
+            "SELECT c FROM customers c WHERE id = 1",
+            "SELECT row_to_json(c) FROM customers c WHERE id = 1",
+            "SELECT to_json(customers.*) FROM customers WHERE id = 1",
+            "SELECT t FROM (SELECT email FROM customers WHERE id = 2) t",
+            "SELECT row_to_json(t) FROM (SELECT email FROM customers WHERE id = 2) t",
+            "SELECT ARRAY(SELECT email FROM customers WHERE id < 3)",
+            "SELECT count(*) FROM customers c WHERE c::text LIKE '%ken@example%'",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: a literal cast to varchar(n)/char(n)/bpchar is encrypted as written, \
+            not as the cast makes it (truncated, or compared without trailing blanks)"]
+async fn bug_length_and_padding_casts_are_ignored() {
+    let pair = Pair::load("bug_cast_plain", "bug_cast_enc", false).await;
+    let (plain, veil) = (pair.plain().await, pair.veiled().await);
+    assert_agree_or_refuse(
+        &plain,
+        &veil,
+        &[
+            "SELECT id FROM customers WHERE email = 'ken@example.com'::varchar(5)",
+            "SELECT id FROM customers WHERE email = CAST('ken@example.com   ' AS char(20))",
+            "SELECT id FROM customers WHERE email = 'ken@example.com   '::bpchar",
+            "INSERT INTO customers (id, full_name, email, country, tier, active, created_on) \
+             VALUES (40, 'Trunc', 'trunc@example.com'::varchar(5), 'UK', 'gold', true, '2023-01-01') RETURNING email",
+            "SELECT id FROM customers WHERE email = 'trunc'",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: an unconfigured table that shadows a configured one (temporary table, \
+            or earlier in search_path) is treated as the configured table"]
+async fn bug_shadowing_tables_are_treated_as_configured() {
+    let pair = Pair::load("bug_shadow_plain", "bug_shadow_enc", false).await;
+    let (plain, veil) = (pair.plain().await, pair.veiled().await);
+    assert_agree_or_refuse(
+        &plain,
+        &veil,
+        &[
+            "CREATE TEMP TABLE leads (id int, email text)",
+            "INSERT INTO leads VALUES (1, 'temp@example.com')",
+            "SELECT * FROM leads",
+            "SELECT id FROM leads WHERE email = 'temp@example.com'",
+            "DROP TABLE pg_temp.leads",
+            "CREATE SCHEMA shadow",
+            "CREATE TABLE shadow.customers (id int, email text)",
+            "INSERT INTO shadow.customers VALUES (1, 'shadow@example.com')",
+            "SET search_path = shadow, public",
+            "SELECT id FROM customers WHERE email = 'shadow@example.com'",
+            "INSERT INTO customers VALUES (2, 'shadow2@example.com')",
+            "RESET search_path",
+            "SELECT id, email FROM shadow.customers",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: date literals PostgreSQL accepts ('19061209', 'Dec 9, 1906', '12/09/1906', DateStyle DMY) \
+            are rejected; ANY('{...}') encrypts the whole array text; an integer compared with a text column is answered"]
+async fn bug_literal_forms_postgres_accepts() {
+    let pair = Pair::load("bug_forms_plain", "bug_forms_enc", false).await;
+    let (plain, veil) = (pair.plain().await, pair.veiled().await);
+    assert_agree(
+        &plain,
+        &veil,
+        "literal forms",
+        &[
+            "SELECT id FROM customers WHERE birth_date = '19061209'",
+            "SELECT id FROM customers WHERE birth_date = 'Dec 9, 1906'",
+            "SELECT id FROM customers WHERE birth_date = '12/09/1906'",
+            "SET DateStyle = 'SQL, DMY'",
+            "SELECT id FROM customers WHERE birth_date = '09/12/1906'",
+            "RESET DateStyle",
+            "SELECT id FROM customers WHERE email = ANY('{ken@example.com,dmr@example.com}')",
+            "SELECT id FROM customers WHERE phone = 5550128",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: rows written to a table that INHERITS a configured table are stored in plaintext"]
+async fn bug_inherited_table_stores_plaintext() {
+    let pair = Pair::load("bug_inherit_plain", "bug_inherit_enc", false).await;
+    let (veil, raw) = (pair.veiled().await, pair.raw().await);
+    if ran_or_refused(
+        &veil,
+        "CREATE TABLE vip_customers (vip_since date) INHERITS (customers)",
+    )
+    .await
+        && ran_or_refused(
+            &veil,
+            "INSERT INTO vip_customers (id, full_name, email, country, tier, active, created_on) \
+             VALUES (60, 'Vip Person', 'vip@example.com', 'UK', 'gold', true, '2023-01-01')",
+        )
+        .await
+    {
+        for row in rows(&raw, "SELECT full_name, email FROM ONLY vip_customers").await {
+            for cell in row.into_iter().flatten() {
+                assert!(cell.starts_with("\\x01"), "plaintext stored: {cell}");
+            }
+        }
+        assert_eq!(
+            rows(
+                &veil,
+                "SELECT full_name, email FROM customers WHERE id = 60"
+            )
+            .await,
+            vec![vec![
+                Some("Vip Person".to_string()),
+                Some("vip@example.com".to_string())
+            ]]
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "pgveil bug: after renaming a configured column or table through pgveil, writes to it are stored in plaintext"]
+async fn bug_renamed_encrypted_column_or_table_stores_plaintext() {
+    let pair = Pair::load("bug_rename_plain", "bug_rename_enc", false).await;
+    let (veil, raw) = (pair.veiled().await, pair.raw().await);
+    let mut leaked = Vec::new();
+    if ran_or_refused(&veil, "ALTER TABLE leads RENAME COLUMN phone TO phone_number").await
+        && ran_or_refused(
+            &veil,
+            "INSERT INTO leads (id, phone_number, source, status) VALUES (1400, '+1 555 1400', 'x', 'new')",
+        )
+        .await
+    {
+        leaked.extend(rows(&raw, "SELECT phone_number FROM leads WHERE id = 1400").await);
+    }
+    if ran_or_refused(&veil, "ALTER TABLE contacts RENAME TO people").await
+        && ran_or_refused(
+            &veil,
+            "INSERT INTO people (id, customer_id, full_name, email) VALUES (1401, 1, 'Renamed Table', 'renamed@example.com')",
+        )
+        .await
+    {
+        leaked.extend(rows(&raw, "SELECT full_name, email FROM people WHERE id = 1401").await);
+    }
+    let plaintext: Vec<String> = leaked
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|c| !c.starts_with("\\x01"))
+        .collect();
+    assert!(plaintext.is_empty(), "plaintext stored: {plaintext:?}");
+}
