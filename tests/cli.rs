@@ -75,3 +75,35 @@ fn config_path_from_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn keygen_prints_key_then_check_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let key = lines.next().unwrap();
+    assert_eq!(key.len(), 44, "{key}");
+    assert!(lines.next().unwrap().starts_with("check = \"kcv1:"));
+}
+
+#[test]
+fn check_refuses_a_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("k");
+    std::fs::write(&key_path, "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "{GOOD}[keys]\nmaster_key_file = \"{}\"\ncheck = \"kcv1:0000000000000000\"\n",
+        key_path.display()
+    );
+    let out = pgveil(&["check"], &text);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("check"), "{stderr}");
+    assert!(!stderr.contains("cGd2ZWls"), "key printed: {stderr}");
+}

@@ -9,10 +9,14 @@ use pgveil::crypto::{Format, Keyring, MasterKey, SessionSettings};
 /// Prints a new master key from the OS RNG and its check value.
 pub fn keygen() -> anyhow::Result<()> {
     let key = MasterKey::generate()?;
-    println!("# pgveil master key: keep it in your secret store, never in proxy.toml or git.");
-    println!("# Point [keys] master_key_env or master_key_file (mode 0600) at it.");
+    // stdout: the key, then the check line, so `keygen | head -n 1` is
+    // the key; the guidance goes to stderr.
+    eprintln!(
+        "# pgveil master key (line 1): keep it in your secret store, never in proxy.toml or git."
+    );
+    eprintln!("# Point [keys] master_key_env or master_key_file (mode 0600) at it.");
+    eprintln!("# Line 2 is its check value: add it under [keys] so a wrong key is refused.");
     println!("{}", key.to_base64().as_str());
-    println!("# Key check value: add under [keys] in proxy.toml so a wrong key is refused.");
     println!("check = \"{}\"", key.check_value());
     Ok(())
 }
