@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
-use crate::catalog::{self, Catalog};
+use crate::catalog::{self, Catalog, Encrypted};
+use crate::sql::analyze::Watched;
+use crate::sql::{Analysis, analyze};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
@@ -25,7 +27,6 @@ const MAX_PENDING_REJECTIONS: usize = 256;
 
 /// State shared by every session of one server. Passed, never global, so
 /// tests can run several proxies in one process.
-#[derive(Debug)]
 pub struct Shared {
     /// The configuration snapshot the server started with.
     pub config: Config,
@@ -42,6 +43,31 @@ pub struct Shared {
     pub encrypted_columns: Vec<(String, String, String)>,
     /// Catalogs by (database, user).
     catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
+    catalog_generation: std::sync::atomic::AtomicU64,
+    /// Analyses by (catalog generation, statement text).
+    plans: std::sync::Mutex<PlanCache>,
+}
+
+/// Bounded cache of statement analyses: the same statement text against
+/// the same catalog always analyses the same way.
+#[derive(Default)]
+struct PlanCache {
+    map: HashMap<(u64, String), Arc<Analysis>>,
+    order: std::collections::VecDeque<(u64, String)>,
+}
+
+/// Entries kept in the plan cache.
+const PLAN_CACHE_ENTRIES: usize = 4096;
+/// Statements longer than this are analysed every time, not cached.
+const PLAN_CACHE_MAX_TEXT: usize = 16 * 1024;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -75,7 +101,54 @@ impl Shared {
             configured,
             encrypted_columns,
             catalogs: std::sync::Mutex::new(HashMap::new()),
+            catalog_generation: std::sync::atomic::AtomicU64::new(1),
+            plans: std::sync::Mutex::new(PlanCache::default()),
         })
+    }
+
+    /// A fresh catalog generation number.
+    pub fn next_catalog_generation(&self) -> u64 {
+        self.catalog_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Analyses `text`, or returns the cached analysis of the same text
+    /// against the same catalog. Statements whose analysis depends on the
+    /// session (SQL prepared statements) are not cached.
+    pub fn analyze_cached(
+        &self,
+        text: &str,
+        catalog: &Catalog,
+        watched: &Watched,
+        prepared: &HashMap<String, Vec<Option<Encrypted>>>,
+    ) -> Arc<Analysis> {
+        let cacheable =
+            prepared.is_empty() && catalog.generation != 0 && text.len() <= PLAN_CACHE_MAX_TEXT;
+        let key = (catalog.generation, text.to_string());
+        if cacheable {
+            if let Some(hit) = self.plans.lock().ok().and_then(|c| c.map.get(&key).cloned()) {
+                self.metrics.plan_cache_hits_total.inc();
+                return hit;
+            }
+        }
+        self.metrics.plan_cache_misses_total.inc();
+        let analysis = Arc::new(analyze(text, catalog, watched, &self.configured, prepared));
+        let session_specific = analysis
+            .statements
+            .iter()
+            .any(|s| s.prepared.is_some() || s.deallocated.is_some());
+        if cacheable && !analysis.stale && !session_specific {
+            if let Ok(mut cache) = self.plans.lock() {
+                if cache.order.len() >= PLAN_CACHE_ENTRIES {
+                    if let Some(old) = cache.order.pop_front() {
+                        cache.map.remove(&old);
+                    }
+                }
+                cache.order.push_back(key.clone());
+                cache.map.insert(key, analysis.clone());
+            }
+        }
+        analysis
     }
 
     /// The cached catalog for a (database, user).

@@ -10,7 +10,10 @@
 //! column appears anywhere in its cluster's files or server log.
 //!
 //! A second test runs every shape pgveil must refuse (SQLSTATE 0A000) and
-//! checks that nothing was written and the session stays usable.
+//! checks that nothing was written and the session stays usable. A third
+//! runs shapes where refusing is as good as agreeing (never a different
+//! answer). The `bug_*` tests, ignored, state the correct behaviour where
+//! pgveil is wrong today; each `ignore` reason names the bug.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -546,7 +549,7 @@ const WRITES: &[&str] = &[
     "INSERT INTO leads (id, full_name, email, phone, source, status, score) \
      SELECT 1000 + id, full_name, email, phone, 'contact-import', 'new', NULL FROM contacts WHERE title = 'CTO'",
     "INSERT INTO leads (id, full_name, email, phone, source, status, score) \
-     SELECT v.i, v.n, v.e, NULL, 'csv', 'new', 10 FROM (VALUES (1101, 'Val One', 'val.one@example.com'), (1102, 'Val Two', NULL)) AS v(i, n, e)",
+     SELECT v.i, v.n, v.e, NULL, 'csv', 'new', 10 FROM (VALUES (1201, 'Val One', 'val.one@example.com'), (1202, 'Val Two', NULL)) AS v(i, n, e)",
     "INSERT INTO activities (id, deal_id, contact_email, kind, notes, happened_on) VALUES \
      (901, 302, E'charles.babbage@example.com', 'call', 'follow-up', '2023-03-01'), \
      (902, 325, NULL, 'note', NULL, '2023-03-02') RETURNING id, contact_email",
@@ -639,8 +642,16 @@ async fn plain_and_encrypted_databases_agree() {
         )
         .collect();
     assert!(needles.len() > 100);
+    // A canary in a plaintext statement proves the search sees the log.
+    let canary = "pgveil-canary-4711".to_string();
+    raw.batch_execute(&format!("SELECT '{canary}'"))
+        .await
+        .unwrap();
     raw.batch_execute("CHECKPOINT").await.unwrap();
-    let found = found_in_cluster(pair.enc_pg, &needles);
+    let mut needles = needles;
+    needles.insert(canary.clone());
+    let mut found = found_in_cluster(pair.enc_pg, &needles);
+    assert!(found.remove(&canary), "the server log was not searched");
     assert!(
         found.is_empty(),
         "plaintext found in the encrypted cluster's files: {found:?}"
@@ -987,10 +998,10 @@ async fn refused_shapes_fail_closed_and_write_nothing() {
                     if db_err.hint().is_none_or(str::is_empty) {
                         problems.push("no hint".to_string());
                     }
-                    if let Some(col) = column {
-                        if !msg.contains(col) {
-                            problems.push(format!("message does not name {col}"));
-                        }
+                    if let Some(col) = column
+                        && !msg.contains(col)
+                    {
+                        problems.push(format!("message does not name {col}"));
                     }
                     if !problems.is_empty() {
                         failures.push(format!(
@@ -1154,45 +1165,6 @@ async fn other_shapes_agree_or_are_refused() {
     pair.proxy.stop().await;
 }
 
-/// The whole fixture (DDL and seed) as one simple Query through pgveil:
-/// the INSERTs name tables the catalog does not hold yet.
-#[tokio::test]
-async fn fixture_sent_as_one_query_is_encrypted_or_refused() {
-    let pg = cluster();
-    let (plain_db, enc_db) = ("diff_batch_plain", "diff_batch_enc");
-    fresh_db(pg, plain_db).await;
-    let plain = direct(pg, plain_db).await;
-    plain
-        .batch_execute(&fixture_sql("text", "date"))
-        .await
-        .unwrap();
-    fresh_db(pg, enc_db).await;
-    let proxy = Proxy::start(pg, &config()).await;
-    let veil = veiled(&proxy, pg, enc_db).await;
-    let raw = direct(pg, enc_db).await;
-    match veil.simple_query(&fixture_sql("bytea", "bytea")).await {
-        Err(e) => {
-            let d = describe(&e);
-            assert!(d.starts_with("0A000 pgveil:"), "{d}");
-            // Refused as a whole: the implicit transaction rolled back.
-            assert_eq!(
-                rows(
-                    &raw,
-                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-                )
-                .await,
-                vec![vec![Some("0".to_string())]]
-            );
-        }
-        Ok(_) => {
-            assert_only_ciphertext(&raw, &plaintexts(&plain).await).await;
-            assert_agree(&plain, &veil, "tables", &refs(&table_dumps())).await;
-        }
-    }
-    drop((plain, veil, raw));
-    proxy.stop().await;
-}
-
 // ---------------------------------------------------------------------
 // Known pgveil bugs: each test states the correct behaviour and fails
 // today. Remove the `ignore` once fixed.
@@ -1219,8 +1191,7 @@ async fn bug_literal_through_values_or_cte_is_encrypted_everywhere() {
 }
 
 #[tokio::test]
-#[ignore = "pgveil bug: whole-row references, row_to_json, ARRAY(subquery) return ciphertext to the client, \
-            and LIKE on a row's text form is not refused"]
+#[ignore = "pgveil bug: ARRAY(SELECT enc_col ...) returns ciphertext to the client"]
 async fn bug_whole_row_references_return_ciphertext() {
     let pair = Pair::load("bug_row_plain", "bug_row_enc", false).await;
     let (plain, veil) = (pair.plain().await, pair.veiled().await);
@@ -1380,4 +1351,78 @@ async fn bug_renamed_encrypted_column_or_table_stores_plaintext() {
         .filter(|c| !c.starts_with("\\x01"))
         .collect();
     assert!(plaintext.is_empty(), "plaintext stored: {plaintext:?}");
+}
+
+/// A configured table created and filled in one simple Query: the INSERT
+/// names a table the catalog does not hold yet.
+#[tokio::test]
+#[ignore = "pgveil bug: an INSERT in the same simple Query as the CREATE TABLE of its configured table \
+            is forwarded unencrypted: plaintext stored"]
+async fn bug_insert_in_same_query_as_create_table_stores_plaintext() {
+    let pg = cluster();
+    let db = "bug_batch_min";
+    fresh_db(pg, db).await;
+    let proxy = Proxy::start(pg, &config()).await;
+    let veil = veiled(&proxy, pg, db).await;
+    let raw = direct(pg, db).await;
+    if ran_or_refused(
+        &veil,
+        "CREATE TABLE leads (id int PRIMARY KEY, full_name bytea, email bytea, phone bytea, \
+         source text NOT NULL, status text NOT NULL, score int); \
+         INSERT INTO leads (id, full_name, email, source, status) VALUES (1, 'Batch Person', 'batch@example.com', 'x', 'new')",
+    )
+    .await
+    {
+        for row in rows(&raw, "SELECT full_name, email FROM leads").await {
+            for cell in row.into_iter().flatten() {
+                assert!(cell.starts_with("\\x01"), "plaintext stored: {cell}");
+            }
+        }
+    }
+    drop((veil, raw));
+    proxy.stop().await;
+}
+
+/// The whole fixture (DDL and seed) sent as one simple Query through
+/// pgveil is encrypted like statement-by-statement loading, or refused.
+#[tokio::test]
+#[ignore = "pgveil bug: the seed INSERTs in the same simple Query as the CREATE TABLEs are forwarded \
+            unencrypted (here PostgreSQL happens to reject one plaintext value as bytea input)"]
+async fn bug_fixture_sent_as_one_query_is_not_encrypted() {
+    let pg = cluster();
+    let (plain_db, enc_db) = ("bug_batch_plain", "bug_batch_enc");
+    fresh_db(pg, plain_db).await;
+    let plain = direct(pg, plain_db).await;
+    plain
+        .batch_execute(&fixture_sql("text", "date"))
+        .await
+        .unwrap();
+    fresh_db(pg, enc_db).await;
+    let proxy = Proxy::start(pg, &config()).await;
+    let veil = veiled(&proxy, pg, enc_db).await;
+    let raw = direct(pg, enc_db).await;
+    match veil.simple_query(&fixture_sql("bytea", "bytea")).await {
+        Err(e) => {
+            let d = describe(&e);
+            assert!(
+                d.starts_with("0A000 pgveil:"),
+                "neither encrypted nor refused: {d}"
+            );
+            // Refused as a whole: the implicit transaction rolled back.
+            assert_eq!(
+                rows(
+                    &raw,
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                )
+                .await,
+                vec![vec![Some("0".to_string())]]
+            );
+        }
+        Ok(_) => {
+            assert_only_ciphertext(&raw, &plaintexts(&plain).await).await;
+            assert_agree(&plain, &veil, "tables", &refs(&table_dumps())).await;
+        }
+    }
+    drop((plain, veil, raw));
+    proxy.stop().await;
 }

@@ -118,6 +118,8 @@ pub struct Catalog {
     pub inactive: Vec<ColumnId>,
     /// Configured columns with a `DEFAULT` (stored in plaintext by the database).
     pub defaults: Vec<ColumnId>,
+    /// Identifies this load, for caches keyed on it (0 until set).
+    pub generation: u64,
 }
 
 /// Errors turning catalog rows into facts.

@@ -95,6 +95,18 @@ impl Framer {
         buf: &mut BytesMut,
         inspect: impl Fn(u8) -> bool,
     ) -> Result<Option<Chunk>, FrameError> {
+        self.next_observed(buf, inspect, |_| {})
+    }
+
+    /// Like [`Framer::next`], calling `seen(tag)` for every frame that is
+    /// forwarded without inspection, as its header passes (for timing
+    /// requests without holding frames back).
+    pub fn next_observed(
+        &mut self,
+        buf: &mut BytesMut,
+        inspect: impl Fn(u8) -> bool,
+        mut seen: impl FnMut(u8),
+    ) -> Result<Option<Chunk>, FrameError> {
         let mut span = 0usize;
         loop {
             if self.remaining > 0 {
@@ -150,6 +162,7 @@ impl Framer {
                 }
                 return Ok(Some(Chunk::Frame(buf.split_to(total))));
             }
+            seen(tag);
             self.remaining = total;
         }
         if span == 0 {

@@ -7,9 +7,10 @@ pub mod relay;
 pub mod startup;
 pub mod veil;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -108,10 +109,18 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
                         keyring,
                         &params.user,
                         &params.database,
+                        peer,
                     )
                     .await
                 }
-                None => relay::run(client, upstream, &packet, &shared).await,
+                None => {
+                    let ctx = AuditContext {
+                        peer,
+                        database: &params.database,
+                        user: &params.user,
+                    };
+                    relay::run(client, upstream, &packet, &shared, &ctx).await
+                }
             };
             metrics.client_connections.dec();
             match result {
@@ -128,4 +137,96 @@ fn reject(shared: &Shared, reason: &str) {
         .client_connections_rejected_total
         .with_label_values(&[reason])
         .inc();
+}
+
+/// Who a session is, for audit log lines.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditContext<'a> {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Database.
+    pub database: &'a str,
+    /// User.
+    pub user: &'a str,
+}
+
+/// Logs an authentication failure (an ErrorResponse before the first
+/// ReadyForQuery) to the audit log: code and client, never the message,
+/// which could quote what the client sent.
+pub fn audit_auth_error(ctx: &AuditContext<'_>, frame: &[u8]) {
+    let code = frame
+        .get(5..)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default();
+    tracing::warn!(target: "audit", client = %ctx.peer, database = %ctx.database,
+                   user = %ctx.user, sqlstate = %code, "authentication failed");
+}
+
+/// Request→ReadyForQuery timing for `pgveil_statement_duration_seconds`.
+/// Requests are seen as their headers pass (Query, Sync, FunctionCall);
+/// each ReadyForQuery closes the oldest.
+pub struct Timing {
+    inner: Mutex<TimingState>,
+    simple: prometheus::Histogram,
+    extended: prometheus::Histogram,
+}
+
+struct TimingState {
+    ready: bool,
+    open: VecDeque<(Instant, bool)>,
+}
+
+impl Timing {
+    /// Timing for one session.
+    pub fn new(metrics: &crate::metrics::Metrics) -> Timing {
+        Timing {
+            inner: Mutex::new(TimingState {
+                ready: false,
+                open: VecDeque::new(),
+            }),
+            simple: metrics
+                .statement_duration_seconds
+                .with_label_values(&["simple"]),
+            extended: metrics
+                .statement_duration_seconds
+                .with_label_values(&["extended"]),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TimingState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether authentication has completed (first ReadyForQuery seen).
+    pub fn ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// A client message passed.
+    pub fn request(&self, tag: u8) {
+        match tag {
+            b'Q' => self.lock().open.push_back((Instant::now(), true)),
+            b'S' | b'F' => self.lock().open.push_back((Instant::now(), false)),
+            _ => {}
+        }
+    }
+
+    /// A server message passed.
+    pub fn response(&self, tag: u8) {
+        if tag != b'Z' {
+            return;
+        }
+        let mut st = self.lock();
+        if !st.ready {
+            st.ready = true;
+            return;
+        }
+        if let Some((start, simple)) = st.open.pop_front() {
+            let h = if simple { &self.simple } else { &self.extended };
+            h.observe(start.elapsed().as_secs_f64());
+        }
+    }
 }

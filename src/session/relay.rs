@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use super::SessionError;
+use super::{AuditContext, SessionError, Timing, audit_auth_error};
 use crate::protocol::messages::ErrorResponse;
 use crate::protocol::{Chunk, FrameError, Framer, sqlstate};
 use crate::server::Shared;
@@ -30,6 +30,7 @@ pub async fn run(
     mut upstream: TcpStream,
     startup_packet: &[u8],
     shared: &Shared,
+    ctx: &AuditContext<'_>,
 ) -> Result<(), SessionError> {
     upstream.write_all(startup_packet).await?;
     let limits = &shared.config.limits;
@@ -44,12 +45,13 @@ pub async fn run(
         .metrics
         .bytes_total
         .with_label_values(&["server_to_client"]);
+    let timing = Timing::new(&shared.metrics);
     let outcome = {
         let (mut cr, mut cw) = client.split();
         let (mut ur, mut uw) = upstream.split();
         tokio::select! {
-            r = pump(&mut cr, &mut uw, &mut client_framer, &to_server) => r.map(|e| (true, e)),
-            r = pump(&mut ur, &mut cw, &mut server_framer, &to_client) => r.map(|e| (false, e)),
+            r = pump(&mut cr, &mut uw, &mut client_framer, &to_server, Side::Client(&timing), ctx) => r.map(|e| (true, e)),
+            r = pump(&mut ur, &mut cw, &mut server_framer, &to_client, Side::Server(&timing), ctx) => r.map(|e| (false, e)),
         }
     };
     match outcome? {
@@ -69,11 +71,19 @@ pub async fn run(
 }
 
 /// Copies frames from `reader` to `writer` until EOF or a malformed frame.
+/// Which direction a pump carries, with what it observes on the way.
+enum Side<'a> {
+    Client(&'a Timing),
+    Server(&'a Timing),
+}
+
 async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
     framer: &mut Framer,
     bytes_total: &IntCounter,
+    side: Side<'_>,
+    ctx: &AuditContext<'_>,
 ) -> Result<PumpEnd, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -82,7 +92,21 @@ where
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     loop {
         loop {
-            match framer.next(&mut buf, |_| false) {
+            // During authentication the server's errors are inspected, so
+            // that failures reach the audit log; afterwards nothing is.
+            let inspect = |tag: u8| match &side {
+                Side::Server(t) => tag == b'E' && !t.ready(),
+                Side::Client(_) => false,
+            };
+            let seen = |tag: u8| match &side {
+                Side::Client(t) => t.request(tag),
+                Side::Server(t) => t.response(tag),
+            };
+            let next = framer.next_observed(&mut buf, inspect, seen);
+            if let (Ok(Some(Chunk::Frame(frame))), Side::Server(_)) = (&next, &side) {
+                audit_auth_error(ctx, frame);
+            }
+            match next {
                 Ok(Some(Chunk::Forward(bytes) | Chunk::Frame(bytes))) => {
                     writer.write_all(&bytes).await?;
                     bytes_total.inc_by(bytes.len() as u64);

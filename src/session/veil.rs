@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,7 +29,7 @@ use crate::protocol::messages::{
 use crate::protocol::{Chunk, FrameError, Framer, sqlstate, types};
 use crate::server::Shared;
 use crate::sql::analyze::{Watched, view_columns};
-use crate::sql::{Refusal, analyze, rewrite, scan};
+use crate::sql::{Refusal, rewrite, scan};
 
 const READ_BUFFER: usize = 16 * 1024;
 /// Flush the output buffer once it holds this much.
@@ -38,9 +39,9 @@ const FLUSH_AT: usize = 64 * 1024;
 enum Pending {
     /// Authentication and the first ReadyForQuery.
     Startup,
-    /// Extended-protocol Sync, FunctionCall: forwarded, decrypted by origin
-    /// only if text format (never, today: such statements are refused).
-    Passthrough,
+    /// Extended-protocol Sync, FunctionCall: forwarded; holds when the
+    /// request arrived.
+    Passthrough(Instant),
     /// A simple Query from the client.
     Query(QueryState),
     /// pgveil's own catalog query: consumed, not forwarded.
@@ -52,6 +53,27 @@ struct QueryState {
     hints: Vec<Vec<Option<Encrypted>>>,
     index: usize,
     catalog: Option<Arc<Catalog>>,
+    /// When the client's Query arrived.
+    started: Instant,
+    /// Time pgveil itself spent on this Query (analysis, rewriting,
+    /// encryption, decryption).
+    overhead: Duration,
+}
+
+impl QueryState {
+    fn new(
+        hints: Vec<Vec<Option<Encrypted>>>,
+        catalog: Option<Arc<Catalog>>,
+        started: Instant,
+    ) -> Pending {
+        Pending::Query(QueryState {
+            hints,
+            index: 0,
+            catalog,
+            started,
+            overhead: started.elapsed(),
+        })
+    }
 }
 
 struct CatalogLoad {
@@ -84,6 +106,7 @@ struct State {
 
 /// One session's encryption context.
 pub struct Veil {
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     keyring: Arc<Keyring>,
     database: String,
@@ -126,9 +149,11 @@ pub async fn run(
     keyring: Arc<Keyring>,
     user: &str,
     database: &str,
+    peer: std::net::SocketAddr,
 ) -> Result<(), SessionError> {
     upstream.write_all(startup_packet).await?;
     let veil = Veil {
+        peer,
         shared: shared.clone(),
         keyring,
         database: database.to_string(),
@@ -222,7 +247,7 @@ where
                         }
                         _ => {
                             // Sync and FunctionCall each end in ReadyForQuery.
-                            veil.state().pending.push_back(Pending::Passthrough);
+                            veil.state().pending.push_back(Pending::Passthrough(Instant::now()));
                             out.extend_from_slice(&frame);
                         }
                     }
@@ -320,6 +345,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &[u8],
 ) -> Result<BytesMut, SessionError> {
+    let started = Instant::now();
     let text = match query::decode(frame) {
         Ok(t) => t,
         Err(e) => return Err(SessionError::Protocol(format!("malformed Query: {e}"))),
@@ -344,11 +370,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().cloned().collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
-        veil.state().pending.push_back(Pending::Query(QueryState {
-            hints: Vec::new(),
-            index: 0,
-            catalog,
-        }));
+        veil.state().pending.push_back(QueryState::new(Vec::new(), catalog, started));
         return Ok(BytesMut::from(frame));
     }
     let Some(mut cat) = catalog else {
@@ -356,15 +378,15 @@ async fn on_query<W: AsyncWrite + Unpin>(
             "the catalog of this database could not be read, so the statement cannot be checked",
             "catalog",
         );
-        return Ok(refuse(veil, text, &[], r, None));
+        return Ok(refuse(veil, text, &[], r, None, started));
     };
-    let mut analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
+    let mut analysis = shared.analyze_cached(text, &cat, &watched, &prepared);
     if analysis.stale {
         shared.invalidate_catalog(&veil.key());
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
             let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_columns);
-            analysis = analyze(text, &cat, &watched, &shared.configured, &prepared);
+            analysis = shared.analyze_cached(text, &cat, &watched, &prepared);
         }
     }
     if analysis.statements.iter().any(|s| s.sets_search_path) {
@@ -382,7 +404,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
             "backslashes in a statement on encrypted tables while standard_conforming_strings is off",
             "unparsed",
         );
-        return Ok(refuse(veil, text, &[], r, Some(cat)));
+        return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
     // Encrypt every literal the analysis found.
     let mut replacements = Vec::new();
@@ -412,14 +434,10 @@ async fn on_query<W: AsyncWrite + Unpin>(
             && r.reason != "invalid_value"
         {
             warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
-            veil.state().pending.push_back(Pending::Query(QueryState {
-                hints: Vec::new(),
-                index: 0,
-                catalog: Some(cat),
-            }));
+            veil.state().pending.push_back(QueryState::new(Vec::new(), Some(cat), started));
             return Ok(BytesMut::from(frame));
         }
-        return Ok(refuse(veil, text, &analysis.statements, r, Some(cat)));
+        return Ok(refuse(veil, text, &analysis.statements, r, Some(cat), started));
     }
     let hints = analysis
         .statements
@@ -427,11 +445,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .map(|s| s.outputs.clone())
         .collect();
     record_prepared(veil, &analysis.statements);
-    veil.state().pending.push_back(Pending::Query(QueryState {
-        hints,
-        index: 0,
-        catalog: Some(cat),
-    }));
+    veil.state().pending.push_back(QueryState::new(hints, Some(cat), started));
     if replacements.is_empty() {
         shared
             .metrics
@@ -449,7 +463,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Some(new_text) => Ok(query::encode(&new_text)),
         None => {
             let r = Refusal::general("pgveil could not rewrite this statement", "unparsed");
-            Ok(refuse(veil, text, &[], r, None))
+            Ok(refuse(veil, text, &[], r, None, started))
         }
     }
 }
@@ -504,6 +518,7 @@ fn refuse(
     before: &[crate::sql::StatementPlan],
     refusal: Refusal,
     catalog: Option<Arc<Catalog>>,
+    started: Instant,
 ) -> BytesMut {
     let shared = &veil.shared;
     shared
@@ -516,8 +531,9 @@ fn refuse(
         .refused_statements_total
         .with_label_values(&[refusal.reason])
         .inc();
-    info!(target: "audit", reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          database = %veil.database, user = %veil.user, "statement refused");
+    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+          reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
+          fingerprint = %crate::sql::source::fingerprint(text), "statement refused");
     let (settings, standard_strings) = {
         let st = veil.state();
         (st.settings.clone(), st.standard_strings)
@@ -559,11 +575,7 @@ fn refuse(
     }
     parts.push(refusal.raise_statement());
     hints.push(Vec::new());
-    veil.state().pending.push_back(Pending::Query(QueryState {
-        hints,
-        index: 0,
-        catalog,
-    }));
+    veil.state().pending.push_back(QueryState::new(hints, catalog, started));
     query::encode(&parts.join("; "))
 }
 
@@ -719,12 +731,38 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             _ => return Ok(None),
         }
     }
+    if tag == b'E' && matches!(st.pending.front(), Some(Pending::Startup)) {
+        super::audit_auth_error(
+            &super::AuditContext {
+                peer: veil.peer,
+                database: &veil.database,
+                user: &veil.user,
+            },
+            &frame,
+        );
+    }
     if st.discard_until_ready && !matches!(tag, b'Z' | b'S' | b'N' | b'A') {
         return Ok(None);
     }
     match tag {
         b'Z' => {
-            st.pending.pop_front();
+            let metrics = &veil.shared.metrics;
+            match st.pending.pop_front() {
+                Some(Pending::Query(q)) => {
+                    metrics
+                        .statement_duration_seconds
+                        .with_label_values(&["simple"])
+                        .observe(q.started.elapsed().as_secs_f64());
+                    metrics
+                        .proxy_overhead_seconds
+                        .observe(q.overhead.as_secs_f64());
+                }
+                Some(Pending::Passthrough(started)) => metrics
+                    .statement_duration_seconds
+                    .with_label_values(&["extended"])
+                    .observe(started.elapsed().as_secs_f64()),
+                _ => {}
+            }
             st.decoder = None;
             st.discard_until_ready = false;
             Ok(Some(frame))
@@ -790,7 +828,12 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             let Some(decoder) = &st.decoder else {
                 return Ok(Some(frame));
             };
-            match decrypt_row(veil, decoder, &st.settings, &frame) {
+            let t0 = Instant::now();
+            let result = decrypt_row(veil, decoder, &st.settings, &frame);
+            if let Some(Pending::Query(q)) = st.pending.front_mut() {
+                q.overhead += t0.elapsed();
+            }
+            match result {
                 Ok(row) => Ok(Some(row)),
                 Err(msg) => {
                     st.decoder = None;
