@@ -14,12 +14,12 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
 use crate::catalog::{self, Catalog, Encrypted};
-use crate::sql::analyze::Watched;
-use crate::sql::{Analysis, analyze};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
 use crate::session;
+use crate::sql::analyze::Watched;
+use crate::sql::{Analysis, analyze};
 
 /// Clients past the limit that may wait at once for their 53300; beyond
 /// this they are closed without a word, so a flood cannot pile up tasks.
@@ -126,7 +126,12 @@ impl Shared {
             prepared.is_empty() && catalog.generation != 0 && text.len() <= PLAN_CACHE_MAX_TEXT;
         let key = (catalog.generation, text.to_string());
         if cacheable {
-            if let Some(hit) = self.plans.lock().ok().and_then(|c| c.map.get(&key).cloned()) {
+            if let Some(hit) = self
+                .plans
+                .lock()
+                .ok()
+                .and_then(|c| c.map.get(&key).cloned())
+            {
                 self.metrics.plan_cache_hits_total.inc();
                 return hit;
             }

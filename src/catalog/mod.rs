@@ -169,12 +169,17 @@ pub fn load_query(config: &Config) -> String {
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND (n.nspname, c.relname) IN (VALUES {values})"
     );
+    // Everything that exposes a configured table's columns: views (through
+    // pg_rewrite), and inheritance children and partitions (pg_inherits),
+    // transitively.
     let rels = format!(
-        "WITH RECURSIVE rels(oid) AS ({base} UNION \
-         SELECT r.ev_class FROM pg_catalog.pg_depend d \
+        "WITH RECURSIVE edges(parent, child) AS (\
+         SELECT d.refobjid, r.ev_class FROM pg_catalog.pg_depend d \
          JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid \
-         JOIN rels ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = rels.oid \
-         WHERE r.ev_class <> rels.oid)"
+         WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+         UNION ALL SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i), \
+         rels(oid) AS ({base} UNION \
+         SELECT e.child FROM edges e JOIN rels ON e.parent = rels.oid WHERE e.child <> rels.oid)"
     );
     format!(
         "{rels} SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
@@ -187,7 +192,9 @@ pub fn load_query(config: &Config) -> String {
          ORDER BY 1, 5; \
          {rels} SELECT c.oid::pg_catalog.int8, pg_catalog.pg_get_viewdef(c.oid) \
          FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid WHERE c.relkind IN ('v', 'm') ORDER BY 1; \
-         SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i"
+         SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i; \
+         {rels} SELECT i.inhrelid::pg_catalog.int8, i.inhparent::pg_catalog.int8 \
+         FROM pg_catalog.pg_inherits i JOIN rels ON rels.oid = i.inhrelid ORDER BY 1"
     )
 }
 
@@ -208,6 +215,7 @@ impl Catalog {
         let columns = results.first().unwrap_or(&empty);
         let views = results.get(1).unwrap_or(&empty);
         let path = results.get(2).unwrap_or(&empty);
+        let inherits = results.get(3).unwrap_or(&empty);
         let mut catalog = Catalog::default();
         for row in columns {
             let oid: u32 = cell(row, 0)?
@@ -284,6 +292,47 @@ impl Catalog {
                     });
                 }
                 None => catalog.inactive.push(id),
+            }
+        }
+        // Inheritance children and partitions hold their parent's encrypted
+        // columns, under the same keys.
+        let mut pairs = Vec::new();
+        for row in inherits {
+            let child: u32 = cell(row, 0)?
+                .parse()
+                .map_err(|_| CatalogError::Row("inhrelid".into()))?;
+            let parent: u32 = cell(row, 1)?
+                .parse()
+                .map_err(|_| CatalogError::Row("inhparent".into()))?;
+            pairs.push((child, parent));
+        }
+        for _ in 0..pairs.len() {
+            let mut changed = false;
+            for (child, parent) in &pairs {
+                let (Some(&ci), Some(&pi)) =
+                    (catalog.by_oid.get(child), catalog.by_oid.get(parent))
+                else {
+                    continue;
+                };
+                let inherited: Vec<(String, Encrypted)> = catalog.relations[pi]
+                    .columns
+                    .iter()
+                    .filter_map(|c| c.encrypted.clone().map(|e| (c.name.clone(), e)))
+                    .collect();
+                for (name, mut enc) in inherited {
+                    if let Some(col) = catalog.relations[ci]
+                        .columns
+                        .iter_mut()
+                        .find(|c| c.name == name && c.encrypted.is_none())
+                    {
+                        enc.storage = StorageState::from_type(&col.type_name);
+                        col.encrypted = Some(enc);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
             }
         }
         Ok(catalog)

@@ -247,7 +247,9 @@ where
                         }
                         _ => {
                             // Sync and FunctionCall each end in ReadyForQuery.
-                            veil.state().pending.push_back(Pending::Passthrough(Instant::now()));
+                            veil.state()
+                                .pending
+                                .push_back(Pending::Passthrough(Instant::now()));
                             out.extend_from_slice(&frame);
                         }
                     }
@@ -370,7 +372,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().cloned().collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
-        veil.state().pending.push_back(QueryState::new(Vec::new(), catalog, started));
+        veil.state()
+            .pending
+            .push_back(QueryState::new(Vec::new(), catalog, started));
         return Ok(BytesMut::from(frame));
     }
     let Some(mut cat) = catalog else {
@@ -387,6 +391,16 @@ async fn on_query<W: AsyncWrite + Unpin>(
             cat = fresh;
             let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_columns);
             analysis = shared.analyze_cached(text, &cat, &watched, &prepared);
+        }
+        if analysis.stale {
+            // A configured table this database does not have (yet): perhaps
+            // created earlier in this same Query. pgveil cannot know its
+            // columns, so it refuses rather than guess.
+            let r = Refusal::general(
+                "a configured table that is not in this database's catalog; create it in its own statement first",
+                "catalog",
+            );
+            return Ok(refuse(veil, text, &[], r, Some(cat), started));
         }
     }
     if analysis.statements.iter().any(|s| s.sets_search_path) {
@@ -434,10 +448,19 @@ async fn on_query<W: AsyncWrite + Unpin>(
             && r.reason != "invalid_value"
         {
             warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
-            veil.state().pending.push_back(QueryState::new(Vec::new(), Some(cat), started));
+            veil.state()
+                .pending
+                .push_back(QueryState::new(Vec::new(), Some(cat), started));
             return Ok(BytesMut::from(frame));
         }
-        return Ok(refuse(veil, text, &analysis.statements, r, Some(cat), started));
+        return Ok(refuse(
+            veil,
+            text,
+            &analysis.statements,
+            r,
+            Some(cat),
+            started,
+        ));
     }
     let hints = analysis
         .statements
@@ -445,7 +468,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .map(|s| s.outputs.clone())
         .collect();
     record_prepared(veil, &analysis.statements);
-    veil.state().pending.push_back(QueryState::new(hints, Some(cat), started));
+    veil.state()
+        .pending
+        .push_back(QueryState::new(hints, Some(cat), started));
     if replacements.is_empty() {
         shared
             .metrics
@@ -575,7 +600,9 @@ fn refuse(
     }
     parts.push(refusal.raise_statement());
     hints.push(Vec::new());
-    veil.state().pending.push_back(QueryState::new(hints, catalog, started));
+    veil.state()
+        .pending
+        .push_back(QueryState::new(hints, catalog, started));
     query::encode(&parts.join("; "))
 }
 

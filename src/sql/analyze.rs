@@ -117,6 +117,11 @@ struct Lit {
     range: Range<usize>,
     text: String,
     cast: Option<String>,
+    /// Reached here through a column of a VALUES list, CTE or derived
+    /// table rather than written in place.
+    via_column: bool,
+    /// A bare numeric literal.
+    number: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +195,8 @@ struct Ctx<'c, 'a> {
     prepared: &'a HashMap<String, Vec<Option<Encrypted>>>,
     replacements: Vec<(Range<usize>, String)>,
     prepared_out: Option<(String, Vec<Option<Encrypted>>)>,
+    /// Literals also used as plaintext (selected, written to plain columns).
+    plain_uses: Vec<Range<usize>>,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -280,8 +287,26 @@ pub fn analyze(
             prepared,
             replacements: Vec::new(),
             prepared_out: None,
+            plain_uses: Vec::new(),
         };
-        match ctx.statement(stmt) {
+        let result = ctx.statement(stmt).and_then(|outputs| {
+            if let Some(outs) = &outputs {
+                for o in outs {
+                    if let Class::Lits(ls) = &o.class {
+                        ctx.plain_uses.extend(ls.iter().map(|l| l.range.clone()));
+                    }
+                }
+            }
+            if let Some(e) = ctx.edits.iter().find(|e| ctx.plain_uses.contains(&e.range)) {
+                return Err(refuse_col(
+                    &e.column,
+                    "a value used both for it and as plaintext in one statement",
+                    "plaintext_comparison",
+                ));
+            }
+            Ok(outputs)
+        });
+        match result {
             Ok(outputs) => {
                 if ctx.stale {
                     analysis.stale = true;
@@ -350,6 +375,7 @@ pub fn view_columns(
         prepared: &no_prepared,
         replacements: Vec::new(),
         prepared_out: None,
+        plain_uses: Vec::new(),
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -426,6 +452,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                             ));
                         }
                         self.expr(&a.value, &scope)?;
+                        continue;
+                    }
+                    if is_default(&a.value) {
                         continue;
                     }
                     let target = self.target_column(&scope, targets[0]);
@@ -575,6 +604,42 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 if let RelSource::Catalog(rel) = self.relation(&at.name)? {
                     use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, ColumnOption};
                     for op in &at.operations {
+                        let renamed = match op {
+                            AlterTableOperation::RenameColumn {
+                                old_column_name,
+                                new_column_name,
+                            } => {
+                                let old = norm(old_column_name);
+                                let new = norm(new_column_name);
+                                self.configured_column(&rel.schema, &rel.name, &old)
+                                    || self.configured_column(&rel.schema, &rel.name, &new)
+                                    || rel.column(&old).is_some_and(|c| c.encrypted.is_some())
+                            }
+                            AlterTableOperation::RenameTable { .. } => {
+                                rel.kind == RelationKind::Table
+                            }
+                            _ => false,
+                        };
+                        if renamed {
+                            return Err(Refusal::general(
+                                format!(
+                                    "renaming configured table {}.{} or its encrypted columns (change proxy.toml together with the schema, then reload)",
+                                    rel.schema, rel.name
+                                ),
+                                "unsupported",
+                            ));
+                        }
+                        if op.to_string().to_uppercase().starts_with("SET SCHEMA")
+                            && rel.kind == RelationKind::Table
+                        {
+                            return Err(Refusal::general(
+                                format!(
+                                    "moving configured table {}.{} to another schema",
+                                    rel.schema, rel.name
+                                ),
+                                "unsupported",
+                            ));
+                        }
                         let (column, has_default) = match op {
                             AlterTableOperation::AlterColumn {
                                 column_name,
@@ -811,6 +876,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 "copying ciphertext into a column that is not encrypted",
                 "plaintext_comparison",
             )),
+            (None, Class::Lits(ls)) => {
+                self.plain_uses.extend(ls.into_iter().map(|l| l.range));
+                Ok(())
+            }
             (None, _) => Ok(()),
         }
     }
@@ -888,6 +957,13 @@ impl<'c, 'a> Ctx<'c, 'a> {
 
     fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted) -> R<()> {
         self.check_storage(col)?;
+        if lit.number && matches!(col.value_type, ValueType::Text | ValueType::Varchar) {
+            return Err(refuse_col(
+                col,
+                "a numeric literal (PostgreSQL compares text only with text)",
+                "plaintext_comparison",
+            ));
+        }
         if let Some(cast) = &lit.cast
             && !cast_fits(cast, col.value_type)
         {
@@ -1537,7 +1613,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     }
                     RelSource::Derived(outs) => {
                         if let Some(o) = outs.iter().find(|o| o.name == col) {
-                            found.push(o.class.clone());
+                            found.push(via_column(o.class.clone()));
                         }
                     }
                     RelSource::Other => has_other = true,
@@ -1625,6 +1701,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             (Class::Enc { col, .. }, Class::Lits(ls))
             | (Class::Lits(ls), Class::Enc { col, .. }) => {
+                if ls.iter().any(|l| l.via_column) {
+                    // The same value may also be used as plaintext elsewhere
+                    // (selected, compared): it cannot be both.
+                    return Err(refuse_col(
+                        &col,
+                        format!("`{op}` with a value from a VALUES list, CTE or subquery column"),
+                        "plaintext_comparison",
+                    ));
+                }
                 for l in &ls {
                     self.encrypt_literal(l, &col)?;
                 }
@@ -1655,7 +1740,13 @@ impl<'c, 'a> Ctx<'c, 'a> {
         let cast = literal_cast(e);
         Some(match self.extent(e) {
             Some((a, b)) => match self.source.range(a, b) {
-                Some(range) => Ok(Lit { range, text, cast }),
+                Some(range) => Ok(Lit {
+                    range,
+                    text,
+                    number: cast.is_none() && is_number_literal(e),
+                    cast,
+                    via_column: false,
+                }),
                 None => Err(Refusal::general(
                     "a literal pgveil cannot locate",
                     "unparsed",
@@ -1914,6 +2005,18 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         }
                         continue;
                     }
+                    let array_constructor = match right.as_ref() {
+                        Expr::Array(_) => true,
+                        Expr::Nested(n) => matches!(n.as_ref(), Expr::Array(_)),
+                        _ => false,
+                    };
+                    if let (Class::Enc { col, .. }, false) = (&l, array_constructor) {
+                        return Err(refuse_col(
+                            col,
+                            "= ANY over an array value pgveil cannot see into (use ARRAY[...] or IN (...))",
+                            "unsupported",
+                        ));
+                    }
                     if matches!(l, Class::Enc { .. })
                         && !matches!(el, Expr::Array(_))
                         && !matches!(r, Class::Lits(_) | Class::Null | Class::Enc { .. })
@@ -1990,7 +2093,29 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         })
                         .collect(),
                     FunctionArguments::Subquery(q) => {
-                        self.query(q, Some(scope))?;
+                        let outs = self.query(q, Some(scope))?;
+                        let enc = outs.as_ref().and_then(|o| {
+                            o.iter().find_map(|o| match &o.class {
+                                Class::Enc { col, .. } => Some(col.clone()),
+                                _ => None,
+                            })
+                        });
+                        match (enc, outs) {
+                            (Some(col), _) => {
+                                return Err(refuse_col(
+                                    &col,
+                                    format!("{bare}(SELECT ...)"),
+                                    "function",
+                                ));
+                            }
+                            (None, None) if self.watched.mentioned_in(&q.to_string()) => {
+                                return Err(Refusal::general(
+                                    "a subquery argument pgveil cannot analyse",
+                                    "unsupported",
+                                ));
+                            }
+                            _ => {}
+                        }
                         Vec::new()
                     }
                     FunctionArguments::None => Vec::new(),
@@ -2106,6 +2231,29 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 }
             }
         }
+    }
+}
+
+fn is_number_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Number(..)),
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => is_number_literal(expr),
+        _ => false,
+    }
+}
+
+/// Marks literals as having arrived through a relation's column.
+fn via_column(class: Class) -> Class {
+    match class {
+        Class::Lits(ls) => Class::Lits(
+            ls.into_iter()
+                .map(|mut l| {
+                    l.via_column = true;
+                    l
+                })
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -2255,13 +2403,17 @@ fn literal_cast(e: &Expr) -> Option<String> {
 
 /// Whether a literal cast to `cast` is still a value of the column's type.
 fn cast_fits(cast: &str, ty: ValueType) -> bool {
-    let base = cast.split('(').next().unwrap_or(cast).trim();
+    if cast.contains('(') {
+        // varchar(5) truncates, numeric(10,2) rounds, timestamp(0) rounds:
+        // the value stored would not be the value written.
+        return false;
+    }
+    let base = cast.trim();
     let base = base.strip_prefix("pg_catalog.").unwrap_or(base);
     match ty {
-        ValueType::Text | ValueType::Varchar => matches!(
-            base,
-            "text" | "varchar" | "character varying" | "char" | "character" | "bpchar"
-        ),
+        ValueType::Text | ValueType::Varchar => {
+            matches!(base, "text" | "varchar" | "character varying")
+        }
         ValueType::Int2 | ValueType::Int4 | ValueType::Int8 => matches!(
             base,
             "int" | "integer" | "int2" | "int4" | "int8" | "smallint" | "bigint"
