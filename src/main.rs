@@ -147,13 +147,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    pgveil::logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    let log_reload = pgveil::logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    let path = path.to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = pgveil::server::Server::bind(config).await?;
+        let server = pgveil::server::Server::bind(config)
+            .await?
+            .with_reload(path, Some(log_reload));
         server.run(pgveil::server::shutdown_signal()).await?;
         Ok(())
     })

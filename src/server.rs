@@ -28,19 +28,19 @@ const MAX_PENDING_REJECTIONS: usize = 256;
 /// State shared by every session of one server. Passed, never global, so
 /// tests can run several proxies in one process.
 pub struct Shared {
-    /// The configuration snapshot the server started with.
+    /// The configuration the server started with. Listen, upstream and
+    /// limits come from here; what SIGHUP may change is in [`Encryption`].
     pub config: Config,
     /// Prometheus metrics of this server.
     pub metrics: Metrics,
     /// Readiness inputs for `/readyz`.
     pub health: Health,
-    /// Ciphers of the configured columns; `None` when none are configured
-    /// (then sessions are plain relays).
-    pub keyring: Option<Arc<Keyring>>,
-    /// Configured `(schema, table)` names.
-    pub configured: Vec<(String, String)>,
-    /// Configured columns as `(schema, table, column)`.
-    pub encrypted_columns: Vec<(String, String, String)>,
+    /// The current encryption settings; replaced as a whole on reload.
+    encryption: std::sync::RwLock<Arc<Encryption>>,
+    /// Where the config was read from, for SIGHUP.
+    config_path: Option<std::path::PathBuf>,
+    /// Applies a new `[log] level`.
+    log_reload: Option<LogReload>,
     /// Catalogs by (database, user).
     catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
     catalog_generation: std::sync::atomic::AtomicU64,
@@ -48,31 +48,28 @@ pub struct Shared {
     plans: std::sync::Mutex<PlanCache>,
 }
 
-/// Bounded cache of statement analyses: the same statement text against
-/// the same catalog always analyses the same way.
-#[derive(Default)]
-struct PlanCache {
-    map: HashMap<(u64, String), Arc<Analysis>>,
-    order: std::collections::VecDeque<(u64, String)>,
+/// Changes the log filter at run time.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The settings a reload may change, taken together so a session always
+/// sees one consistent snapshot.
+pub struct Encryption {
+    /// Counts reloads; sessions compare it to notice one.
+    pub generation: u64,
+    /// The config these settings came from (its `[[encrypt]]` list drives
+    /// the catalog query).
+    pub config: Config,
+    /// Ciphers of the configured columns; `None` when none are configured.
+    pub keyring: Option<Arc<Keyring>>,
+    /// Configured `(schema, table)` names.
+    pub configured: Vec<(String, String)>,
+    /// Configured columns as `(schema, table, column)`.
+    pub encrypted_columns: Vec<(String, String, String)>,
 }
 
-/// Entries kept in the plan cache.
-const PLAN_CACHE_ENTRIES: usize = 4096;
-/// Statements longer than this are analysed every time, not cached.
-const PLAN_CACHE_MAX_TEXT: usize = 16 * 1024;
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("config", &self.config)
-            .field("keyring", &self.keyring)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// Builds the shared state for a config (keys are loaded here).
-    pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
+impl Encryption {
+    /// Loads keys and derives ciphers for a config.
+    pub fn from_config(config: Config, generation: u64) -> Result<Encryption, ServerError> {
         let keyring = if config.encrypt.is_empty() {
             if config.keys.is_some() {
                 // Load anyway: a wrong or unreadable key must stop the start.
@@ -93,17 +90,110 @@ impl Shared {
                 (id.schema, id.table, id.column)
             })
             .collect();
+        Ok(Encryption {
+            generation,
+            config,
+            keyring,
+            configured,
+            encrypted_columns,
+        })
+    }
+}
+
+/// Bounded cache of statement analyses: the same statement text against
+/// the same catalog always analyses the same way.
+#[derive(Default)]
+struct PlanCache {
+    map: HashMap<(u64, String), Arc<Analysis>>,
+    order: std::collections::VecDeque<(u64, String)>,
+}
+
+/// Entries kept in the plan cache.
+const PLAN_CACHE_ENTRIES: usize = 4096;
+/// Statements longer than this are analysed every time, not cached.
+const PLAN_CACHE_MAX_TEXT: usize = 16 * 1024;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Builds the shared state for a config (keys are loaded here).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
+        let encryption = Encryption::from_config(config.clone(), 1)?;
         Ok(Shared {
             config,
             metrics,
             health: Health::default(),
-            keyring,
-            configured,
-            encrypted_columns,
+            encryption: std::sync::RwLock::new(Arc::new(encryption)),
+            config_path: None,
+            log_reload: None,
             catalogs: std::sync::Mutex::new(HashMap::new()),
             catalog_generation: std::sync::atomic::AtomicU64::new(1),
             plans: std::sync::Mutex::new(PlanCache::default()),
         })
+    }
+
+    /// The current encryption settings.
+    pub fn encryption(&self) -> Arc<Encryption> {
+        self.encryption
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Re-reads the config file (SIGHUP). Encrypted columns, keys, policy
+    /// and log level take effect for new statements; listen, upstream and
+    /// limits need a restart. An invalid file changes nothing.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(()) => info!("configuration reloaded"),
+            Err(e) => {
+                error!(error = %e, "configuration reload rejected; the previous configuration stays in force")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("no configuration file to reload")?;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let current = self.encryption();
+        if current.keyring.is_none() && !config.encrypt.is_empty() {
+            return Err(
+                "[[encrypt]] columns were added to a proxy started without any: open sessions \
+                 are relayed uninspected, so enabling encryption requires a restart"
+                    .into(),
+            );
+        }
+        if config.listen.address.get_ref() != self.config.listen.address.get_ref()
+            || config.upstream.address.get_ref() != self.config.upstream.address.get_ref()
+        {
+            warn!("listen and upstream addresses change only on restart");
+        }
+        let next =
+            Encryption::from_config(config, current.generation + 1).map_err(|e| e.to_string())?;
+        if let Some(apply) = &self.log_reload {
+            apply(&next.config.log.level)?;
+        }
+        if let Ok(mut slot) = self.encryption.write() {
+            *slot = Arc::new(next);
+        }
+        self.invalidate_all_catalogs();
+        Ok(())
     }
 
     /// A fresh catalog generation number.
@@ -120,6 +210,7 @@ impl Shared {
         text: &str,
         catalog: &Catalog,
         watched: &Watched,
+        configured: &[(String, String)],
         prepared: &HashMap<String, Vec<Option<Encrypted>>>,
     ) -> Arc<Analysis> {
         let cacheable =
@@ -137,7 +228,7 @@ impl Shared {
             }
         }
         self.metrics.plan_cache_misses_total.inc();
-        let analysis = Arc::new(analyze(text, catalog, watched, &self.configured, prepared));
+        let analysis = Arc::new(analyze(text, catalog, watched, configured, prepared));
         let session_specific = analysis
             .statements
             .iter()
@@ -262,6 +353,20 @@ impl Server {
         self.shared.clone()
     }
 
+    /// Enables SIGHUP reloads from `path`, applying log levels through
+    /// `log_reload`. Call before [`Server::run`].
+    pub fn with_reload(
+        mut self,
+        path: std::path::PathBuf,
+        log_reload: Option<LogReload>,
+    ) -> Server {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.config_path = Some(path);
+            shared.log_reload = log_reload;
+        }
+        self
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets open
     /// sessions finish for up to `limits.shutdown_timeout_ms`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -288,8 +393,15 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(()) = recv_hangup(&mut hangup) => {
-                    info!("SIGHUP: catalogs will be re-read before each session's next statement");
-                    shared.invalidate_all_catalogs();
+                    info!("SIGHUP: reloading configuration");
+                    let shared = shared.clone();
+                    // Key files are read from disk: keep it off the accept loop.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if shared.reload().is_err() {
+                            // Even a rejected reload re-reads the catalogs.
+                            shared.invalidate_all_catalogs();
+                        }
+                    });
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done

@@ -33,6 +33,9 @@ pub enum SessionError {
     /// The client took too long to start up.
     #[error("startup timed out")]
     StartupTimeout,
+    /// A configuration reload invalidated something this session holds.
+    #[error("{0}")]
+    Reload(String),
     /// The upstream could not be reached.
     #[error("could not connect to upstream {address}: {reason}")]
     Upstream {
@@ -99,21 +102,20 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
             let metrics = &shared.metrics;
             metrics.client_connections_total.inc();
             metrics.client_connections.inc();
-            let result = match shared.keyring.clone() {
-                Some(keyring) => {
+            let result = match shared.encryption().keyring.is_some() {
+                true => {
                     veil::run(
                         client,
                         upstream,
                         &packet,
                         shared.clone(),
-                        keyring,
                         &params.user,
                         &params.database,
                         peer,
                     )
                     .await
                 }
-                None => {
+                false => {
                     let ctx = AuditContext {
                         peer,
                         database: &params.database,

@@ -86,6 +86,9 @@ struct CatalogLoad {
 /// How to decrypt the rows of the current result.
 struct Decoder {
     columns: Vec<Option<(Encrypted, Format)>>,
+    /// Ciphers as of the RowDescription: a reload mid-result does not
+    /// change how its rows decrypt.
+    keyring: Option<Arc<Keyring>>,
 }
 
 /// State shared by the two pumps of one session.
@@ -102,13 +105,40 @@ struct State {
     /// SQL-level prepared statements (`PREPARE`) and, per parameter, the
     /// encrypted column it is bound to.
     prepared: HashMap<String, Vec<Option<Encrypted>>>,
+    /// How each SQL prepared statement was analysed, to re-check it after
+    /// a configuration reload.
+    prepared_meta: HashMap<String, PreparedMeta>,
+    /// Extended-protocol statements forwarded unanalysed: name → SQL, to
+    /// re-check them after a configuration reload.
+    parsed: HashMap<String, String>,
+    /// The configuration generation this session last checked against.
+    generation: u64,
+}
+
+/// A `PREPARE` as analysed.
+struct PreparedMeta {
+    generation: u64,
+    text: String,
+    summary: Vec<(std::ops::Range<usize>, String)>,
+    spec: Vec<Option<Encrypted>>,
+}
+
+fn edit_summary(plan: &crate::sql::StatementPlan) -> Vec<(std::ops::Range<usize>, String)> {
+    plan.edits
+        .iter()
+        .map(|e| {
+            (
+                e.range.start - plan.range.start..e.range.end - plan.range.start,
+                e.column.id.to_string(),
+            )
+        })
+        .collect()
 }
 
 /// One session's encryption context.
 pub struct Veil {
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
-    keyring: Arc<Keyring>,
     database: String,
     user: String,
     /// Catalog cache key: (database, user), or a key of this session's own
@@ -146,7 +176,6 @@ pub async fn run(
     mut upstream: TcpStream,
     startup_packet: &[u8],
     shared: Arc<Shared>,
-    keyring: Arc<Keyring>,
     user: &str,
     database: &str,
     peer: std::net::SocketAddr,
@@ -155,7 +184,6 @@ pub async fn run(
     let veil = Veil {
         peer,
         shared: shared.clone(),
-        keyring,
         database: database.to_string(),
         user: user.to_string(),
         cache_key: Mutex::new((database.to_string(), user.to_string())),
@@ -167,6 +195,9 @@ pub async fn run(
             discard_until_ready: false,
             refusal_tokens: Vec::new(),
             prepared: HashMap::new(),
+            prepared_meta: HashMap::new(),
+            parsed: HashMap::new(),
+            generation: shared.encryption().generation,
         }),
     };
     let limits = &shared.config.limits;
@@ -180,7 +211,15 @@ pub async fn run(
             r = server_pump(&veil, &mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
         }
     };
-    match outcome? {
+    let outcome = match outcome {
+        Err(SessionError::Reload(message)) => {
+            let msg = ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, message.clone());
+            let _ = client.write_all(&msg.to_bytes()).await;
+            return Err(SessionError::Reload(message));
+        }
+        other => other?,
+    };
+    match outcome {
         (_, None) => Ok(()),
         (from_client, Some(e)) => {
             let message = if from_client {
@@ -268,7 +307,36 @@ where
         if reader.read_buf(&mut buf).await? == 0 {
             return Ok(None);
         }
+        reconcile_reload(veil)?;
     }
+}
+
+/// After a configuration reload, before forwarding anything more: an
+/// extended-protocol statement this session prepared unanalysed that now
+/// names an encrypted table could bind plaintext into it. pgveil cannot
+/// re-prepare it behind the client's back, so it ends the session.
+fn reconcile_reload(veil: &Veil) -> Result<(), SessionError> {
+    let enc = veil.shared.encryption();
+    let parsed = {
+        let mut st = veil.state();
+        if st.generation == enc.generation {
+            return Ok(());
+        }
+        st.generation = enc.generation;
+        st.parsed.clone()
+    };
+    let catalog = veil.shared.catalog_cached(&veil.key()).unwrap_or_default();
+    let watched = Watched::new(&catalog, &enc.configured, &enc.encrypted_columns);
+    for (name, sql) in parsed {
+        if scan::needs_analysis(&sql, &watched, &[]) {
+            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+                  statement = %name, "session ended: a statement prepared before the reload now touches encrypted columns");
+            return Err(SessionError::Reload(format!(
+                "pgveil: configuration reloaded; prepared statement \"{name}\" now touches encrypted columns, reconnect to prepare it again"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Catalog for this session's database, loading it if needed. `None` when
@@ -289,7 +357,8 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
             error: None,
             done: Some(tx),
         }));
-    let config = &veil.shared.config;
+    let enc = veil.shared.encryption();
+    let config = &enc.config;
     let q = query::encode(&catalog::load_query(config));
     if writer.write_all(&q).await.is_err() {
         return None;
@@ -309,7 +378,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
             return None;
         }
     };
-    map_views(&mut catalog, &veil.shared);
+    map_views(&mut catalog, &enc);
     for id in &catalog.inactive {
         info!(database = %veil.database, column = %id, "configured column not present in this database; inactive until it is created");
     }
@@ -322,7 +391,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
 }
 
 /// Maps view columns to base columns; views pgveil cannot follow become opaque.
-fn map_views(catalog: &mut Catalog, shared: &Shared) {
+fn map_views(catalog: &mut Catalog, shared: &crate::server::Encryption) {
     let watched = Watched::new(catalog, &shared.configured, &shared.encrypted_columns);
     let snapshot = catalog.clone();
     for rel in catalog.relations_mut() {
@@ -353,17 +422,14 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Err(e) => return Err(SessionError::Protocol(format!("malformed Query: {e}"))),
     };
     let shared = &veil.shared;
+    let enc = shared.encryption();
     let mut catalog = shared.catalog_cached(&veil.key());
     if catalog.is_none() {
         catalog = ensure_catalog(veil, writer).await;
     }
     let watched = match &catalog {
-        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_columns),
-        None => Watched::new(
-            &Catalog::default(),
-            &shared.configured,
-            &shared.encrypted_columns,
-        ),
+        Some(c) => Watched::new(c, &enc.configured, &enc.encrypted_columns),
+        None => Watched::new(&Catalog::default(), &enc.configured, &enc.encrypted_columns),
     };
     if text.len() < 4096 && text.to_ascii_lowercase().contains("search_path") {
         // Name resolution may change: this session gets a catalog of its own.
@@ -384,13 +450,16 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, None, started));
     };
-    let mut analysis = shared.analyze_cached(text, &cat, &watched, &prepared);
+    if let Some(r) = recheck_prepared(veil, text, &cat, &enc) {
+        return Ok(refuse(veil, text, &[], r, Some(cat), started));
+    }
+    let mut analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, &prepared);
     if analysis.stale {
         shared.invalidate_catalog(&veil.key());
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
-            let watched = Watched::new(&cat, &shared.configured, &shared.encrypted_columns);
-            analysis = shared.analyze_cached(text, &cat, &watched, &prepared);
+            let watched = Watched::new(&cat, &enc.configured, &enc.encrypted_columns);
+            analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, &prepared);
         }
         if analysis.stale {
             // A configured table this database does not have (yet): perhaps
@@ -426,7 +495,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     'outer: for plan in &analysis.statements {
         replacements.extend(plan.replacements.iter().cloned());
         for edit in &plan.edits {
-            match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {
+            match encrypt_literal(enc.keyring.as_deref(), edit, &settings, standard_strings) {
                 Ok(lit) => {
                     shared
                         .metrics
@@ -444,7 +513,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     }
     let refusal = failure.or(analysis.refusal.clone());
     if let Some(r) = refusal {
-        if shared.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
+        if enc.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
             && r.reason != "invalid_value"
         {
             warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
@@ -467,7 +536,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .iter()
         .map(|s| s.outputs.clone())
         .collect();
-    record_prepared(veil, &analysis.statements);
+    record_prepared(veil, text, &analysis.statements);
     veil.state()
         .pending
         .push_back(QueryState::new(hints, Some(cat), started));
@@ -494,31 +563,109 @@ async fn on_query<W: AsyncWrite + Unpin>(
 }
 
 /// Keeps the session's map of SQL-level prepared statements current.
-fn record_prepared(veil: &Veil, plans: &[crate::sql::StatementPlan]) {
+fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan]) {
+    let generation = veil.shared.encryption().generation;
     let mut st = veil.state();
     for plan in plans {
         if let Some((name, spec)) = &plan.prepared {
             st.prepared.insert(name.clone(), spec.clone());
+            st.prepared_meta.insert(
+                name.clone(),
+                PreparedMeta {
+                    generation,
+                    text: text.get(plan.range.clone()).unwrap_or_default().to_string(),
+                    summary: edit_summary(plan),
+                    spec: spec.clone(),
+                },
+            );
         }
         match &plan.deallocated {
             Some(Some(name)) => {
                 st.prepared.remove(name);
+                st.prepared_meta.remove(name);
             }
-            Some(None) => st.prepared.clear(),
+            Some(None) => {
+                st.prepared.clear();
+                st.prepared_meta.clear();
+            }
             None => {}
         }
     }
 }
 
+/// After a reload, a SQL prepared statement named in `text` is analysed
+/// again; if the new configuration would encrypt it differently, it is
+/// refused (the database still holds the old plan), so a newly encrypted
+/// column never receives plaintext through it.
+fn recheck_prepared(
+    veil: &Veil,
+    text: &str,
+    catalog: &Catalog,
+    enc: &crate::server::Encryption,
+) -> Option<Refusal> {
+    let lower = text.to_lowercase();
+    let words: std::collections::HashSet<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .collect();
+    let stale: Vec<(
+        String,
+        String,
+        Vec<(std::ops::Range<usize>, String)>,
+        Vec<Option<Encrypted>>,
+    )> = {
+        let st = veil.state();
+        st.prepared_meta
+            .iter()
+            .filter(|(name, meta)| {
+                meta.generation < enc.generation && words.contains(name.as_str())
+            })
+            .map(|(name, meta)| {
+                (
+                    name.clone(),
+                    meta.text.clone(),
+                    meta.summary.clone(),
+                    meta.spec.clone(),
+                )
+            })
+            .collect()
+    };
+    for (name, prepare_text, summary, spec) in stale {
+        let watched = Watched::new(catalog, &enc.configured, &enc.encrypted_columns);
+        let analysis = crate::sql::analyze(
+            &prepare_text,
+            catalog,
+            &watched,
+            &enc.configured,
+            &HashMap::new(),
+        );
+        let same = analysis.refusal.is_none()
+            && analysis.statements.first().is_some_and(|p| {
+                edit_summary(p) == summary && p.prepared.as_ref().map(|(_, s)| s) == Some(&spec)
+            });
+        if !same {
+            return Some(Refusal::general(
+                format!(
+                    "prepared statement {name} was prepared before a configuration reload that changes its encryption; DEALLOCATE and PREPARE it again"
+                ),
+                "reload",
+            ));
+        }
+        if let Some(meta) = veil.state().prepared_meta.get_mut(&name) {
+            meta.generation = enc.generation;
+        }
+    }
+    None
+}
+
 fn encrypt_literal(
-    keyring: &Keyring,
+    keyring: Option<&Keyring>,
     edit: &crate::sql::Edit,
     settings: &SessionSettings,
     standard_strings: bool,
 ) -> Result<String, Refusal> {
     let column = edit.column.id.to_string();
     let cipher = keyring
-        .column_by_id(&edit.column.id)
+        .and_then(|k| k.column_by_id(&edit.column.id))
         .ok_or_else(|| Refusal::general(format!("no key for column {column}"), "unsupported"))?;
     let storage =
         edit.column.storage.storage().ok_or_else(|| {
@@ -546,6 +693,7 @@ fn refuse(
     started: Instant,
 ) -> BytesMut {
     let shared = &veil.shared;
+    let enc = shared.encryption();
     shared
         .metrics
         .statements_total
@@ -565,7 +713,7 @@ fn refuse(
     };
     let mut parts = Vec::new();
     let mut hints = Vec::new();
-    record_prepared(veil, before);
+    record_prepared(veil, text, before);
     for plan in before {
         let mut replacements: Vec<(std::ops::Range<usize>, String)> = plan
             .replacements
@@ -579,7 +727,7 @@ fn refuse(
             .collect();
         let mut ok = true;
         for edit in &plan.edits {
-            match encrypt_literal(&veil.keyring, edit, &settings, standard_strings) {
+            match encrypt_literal(enc.keyring.as_deref(), edit, &settings, standard_strings) {
                 Ok(lit) => replacements.push((
                     edit.range.start - plan.range.start..edit.range.end - plan.range.start,
                     lit,
@@ -614,16 +762,16 @@ fn refuse(
 fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
     let parsed = parse::decode(frame).ok()?;
     let shared = &veil.shared;
+    let enc = shared.encryption();
     let catalog = shared.catalog_cached(&veil.key());
     let watched = match &catalog {
-        Some(c) => Watched::new(c, &shared.configured, &shared.encrypted_columns),
-        None => Watched::new(
-            &Catalog::default(),
-            &shared.configured,
-            &shared.encrypted_columns,
-        ),
+        Some(c) => Watched::new(c, &enc.configured, &enc.encrypted_columns),
+        None => Watched::new(&Catalog::default(), &enc.configured, &enc.encrypted_columns),
     };
     if !scan::needs_analysis(parsed.query, &watched, &[]) {
+        veil.state()
+            .parsed
+            .insert(parsed.name.to_string(), parsed.query.to_string());
         shared
             .metrics
             .statements_total
@@ -844,7 +992,10 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                 }
             }
             if any {
-                st.decoder = Some(Decoder { columns });
+                st.decoder = Some(Decoder {
+                    columns,
+                    keyring: veil.shared.encryption().keyring.clone(),
+                });
                 Ok(Some(row_description::encode(&fields)))
             } else {
                 st.decoder = None;
@@ -912,9 +1063,10 @@ fn decrypt_row(
         match (cell, spec) {
             (Some(v), Some((enc, format))) => {
                 let name = enc.id.to_string();
-                let cipher = veil
+                let cipher = decoder
                     .keyring
-                    .column_by_id(&enc.id)
+                    .as_deref()
+                    .and_then(|k| k.column_by_id(&enc.id))
                     .ok_or_else(|| corrupt(&name))?;
                 let storage = enc.storage.storage().ok_or_else(|| corrupt(&name))?;
                 let stored = match (storage, format) {
