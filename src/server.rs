@@ -216,16 +216,15 @@ impl Shared {
         let cacheable =
             prepared.is_empty() && catalog.generation != 0 && text.len() <= PLAN_CACHE_MAX_TEXT;
         let key = (catalog.generation, text.to_string());
-        if cacheable {
-            if let Some(hit) = self
+        if cacheable
+            && let Some(hit) = self
                 .plans
                 .lock()
                 .ok()
                 .and_then(|c| c.map.get(&key).cloned())
-            {
-                self.metrics.plan_cache_hits_total.inc();
-                return hit;
-            }
+        {
+            self.metrics.plan_cache_hits_total.inc();
+            return hit;
         }
         self.metrics.plan_cache_misses_total.inc();
         let analysis = Arc::new(analyze(text, catalog, watched, configured, prepared));
@@ -233,16 +232,18 @@ impl Shared {
             .statements
             .iter()
             .any(|s| s.prepared.is_some() || s.deallocated.is_some());
-        if cacheable && !analysis.stale && !session_specific {
-            if let Ok(mut cache) = self.plans.lock() {
-                if cache.order.len() >= PLAN_CACHE_ENTRIES {
-                    if let Some(old) = cache.order.pop_front() {
-                        cache.map.remove(&old);
-                    }
-                }
-                cache.order.push_back(key.clone());
-                cache.map.insert(key, analysis.clone());
+        if cacheable
+            && !analysis.stale
+            && !session_specific
+            && let Ok(mut cache) = self.plans.lock()
+        {
+            if cache.order.len() >= PLAN_CACHE_ENTRIES
+                && let Some(old) = cache.order.pop_front()
+            {
+                cache.map.remove(&old);
             }
+            cache.order.push_back(key.clone());
+            cache.map.insert(key, analysis.clone());
         }
         analysis
     }
@@ -396,12 +397,12 @@ impl Server {
                     info!("SIGHUP: reloading configuration");
                     let shared = shared.clone();
                     // Key files are read from disk: keep it off the accept loop.
-                    let _ = tokio::task::spawn_blocking(move || {
+                    drop(tokio::task::spawn_blocking(move || {
                         if shared.reload().is_err() {
                             // Even a rejected reload re-reads the catalogs.
                             shared.invalidate_all_catalogs();
                         }
-                    });
+                    }));
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done

@@ -61,7 +61,7 @@ struct QueryState {
 }
 
 impl QueryState {
-    fn new(
+    fn pending(
         hints: Vec<Vec<Option<Encrypted>>>,
         catalog: Option<Arc<Catalog>>,
         started: Instant,
@@ -114,6 +114,14 @@ struct State {
     /// The configuration generation this session last checked against.
     generation: u64,
 }
+
+/// A prepared statement to re-check: name, PREPARE text, edits, parameters.
+type StaleEntry = (
+    String,
+    String,
+    Vec<(std::ops::Range<usize>, String)>,
+    Vec<Option<Encrypted>>,
+);
 
 /// A `PREPARE` as analysed.
 struct PreparedMeta {
@@ -440,7 +448,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     if !scan::needs_analysis(text, &watched, &tainted) {
         veil.state()
             .pending
-            .push_back(QueryState::new(Vec::new(), catalog, started));
+            .push_back(QueryState::pending(Vec::new(), catalog, started));
         return Ok(BytesMut::from(frame));
     }
     let Some(mut cat) = catalog else {
@@ -519,7 +527,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
             warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
             veil.state()
                 .pending
-                .push_back(QueryState::new(Vec::new(), Some(cat), started));
+                .push_back(QueryState::pending(Vec::new(), Some(cat), started));
             return Ok(BytesMut::from(frame));
         }
         return Ok(refuse(
@@ -539,7 +547,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     record_prepared(veil, text, &analysis.statements);
     veil.state()
         .pending
-        .push_back(QueryState::new(hints, Some(cat), started));
+        .push_back(QueryState::pending(hints, Some(cat), started));
     if replacements.is_empty() {
         shared
             .metrics
@@ -607,12 +615,7 @@ fn recheck_prepared(
     let words: std::collections::HashSet<&str> = lower
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .collect();
-    let stale: Vec<(
-        String,
-        String,
-        Vec<(std::ops::Range<usize>, String)>,
-        Vec<Option<Encrypted>>,
-    )> = {
+    let stale: Vec<StaleEntry> = {
         let st = veil.state();
         st.prepared_meta
             .iter()
@@ -750,7 +753,7 @@ fn refuse(
     hints.push(Vec::new());
     veil.state()
         .pending
-        .push_back(QueryState::new(hints, catalog, started));
+        .push_back(QueryState::pending(hints, catalog, started));
     query::encode(&parts.join("; "))
 }
 
