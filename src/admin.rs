@@ -109,7 +109,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match shared.health.readiness() {
+    let readiness = shared.health.readiness();
+    shared.metrics.ready.set(i64::from(readiness.is_ok()));
+    match readiness {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +132,10 @@ async fn check_upstream_forever(shared: Arc<Shared>) {
             Err(_) => Err(format!("upstream {address} unreachable: connect timed out")),
         };
         shared.health.set_upstream(result);
+        shared
+            .metrics
+            .ready
+            .set(i64::from(shared.health.readiness().is_ok()));
         tokio::time::sleep(UPSTREAM_CHECK_INTERVAL).await;
     }
 }

@@ -43,7 +43,29 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Bytes relayed, by direction (`client_to_server`, `server_to_client`).
     pub bytes_total: IntCounterVec,
+    /// 1 while `/readyz` would answer 200.
+    pub ready: IntGauge,
+    /// `listen.max_connections`.
+    pub max_client_connections: IntGauge,
 }
+
+/// Every refusal reason, so each series exists from the start.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "pattern",
+    "order",
+    "function",
+    "mixed_domains",
+    "plaintext_comparison",
+    "storage",
+    "unparsed",
+    "copy",
+    "extended",
+    "view_write",
+    "unsupported",
+    "invalid_value",
+    "catalog",
+    "reload",
+];
 
 impl Metrics {
     /// Creates and registers every family.
@@ -135,6 +157,11 @@ impl Metrics {
                 Opts::new("pgveil_bytes_total", "Bytes relayed, by direction"),
                 &["direction"],
             )?,
+            ready: IntGauge::new("pgveil_ready", "1 while /readyz answers 200")?,
+            max_client_connections: IntGauge::new(
+                "pgveil_max_client_connections",
+                "Configured listen.max_connections",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -153,6 +180,14 @@ impl Metrics {
         r.register(Box::new(m.plan_cache_misses_total.clone()))?;
         r.register(Box::new(m.config_reloads_total.clone()))?;
         r.register(Box::new(m.bytes_total.clone()))?;
+        r.register(Box::new(m.ready.clone()))?;
+        r.register(Box::new(m.max_client_connections.clone()))?;
+        for reason in REFUSAL_REASONS {
+            m.refused_statements_total.with_label_values(&[reason]);
+        }
+        for direction in ["client_to_server", "server_to_client"] {
+            m.bytes_total.with_label_values(&[direction]);
+        }
         // Pre-create the fixed label sets so dashboards see zeros, not gaps.
         for reason in ["max_connections", "protocol", "startup_timeout", "upstream"] {
             m.client_connections_rejected_total
@@ -167,6 +202,16 @@ impl Metrics {
             m.config_reloads_total.with_label_values(&[result]);
         }
         Ok(m)
+    }
+
+    /// Creates the per-column series of configured columns, so they read 0
+    /// before their first event.
+    pub fn declare_columns<'a>(&self, columns: impl Iterator<Item = &'a str>) {
+        for c in columns {
+            self.values_encrypted_total.with_label_values(&[c]);
+            self.values_decrypted_total.with_label_values(&[c]);
+            self.decrypt_errors_total.with_label_values(&[c]);
+        }
     }
 
     /// The Prometheus text exposition of every family.

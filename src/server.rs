@@ -100,6 +100,15 @@ impl Encryption {
     }
 }
 
+fn declare_columns(metrics: &Metrics, encryption: &Encryption) {
+    let names: Vec<String> = encryption
+        .encrypted_columns
+        .iter()
+        .map(|(s, t, c)| format!("{s}.{t}.{c}"))
+        .collect();
+    metrics.declare_columns(names.iter().map(String::as_str));
+}
+
 /// Bounded cache of statement analyses: the same statement text against
 /// the same catalog always analyses the same way.
 #[derive(Default)]
@@ -125,6 +134,10 @@ impl Shared {
     /// Builds the shared state for a config (keys are loaded here).
     pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
         let encryption = Encryption::from_config(config.clone(), 1)?;
+        declare_columns(&metrics, &encryption);
+        metrics
+            .max_client_connections
+            .set(config.listen.max_connections as i64);
         Ok(Shared {
             config,
             metrics,
@@ -189,6 +202,7 @@ impl Shared {
         if let Some(apply) = &self.log_reload {
             apply(&next.config.log.level)?;
         }
+        declare_columns(&self.metrics, &next);
         if let Ok(mut slot) = self.encryption.write() {
             *slot = Arc::new(next);
         }
@@ -447,6 +461,7 @@ impl Server {
         }
         drop(listener);
         shared.health.set_draining();
+        shared.metrics.ready.set(0);
         let timeout = Duration::from_millis(shared.config.limits.shutdown_timeout_ms);
         info!(
             sessions = sessions.len(),

@@ -127,3 +127,81 @@ async fn upstream_errors_are_counted() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn encryption_counters_move_with_the_workload() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = cluster();
+    let admin = pg.connect().await;
+    admin
+        .simple_query("DROP DATABASE IF EXISTS obs_db")
+        .await
+        .unwrap();
+    admin.simple_query("CREATE DATABASE obs_db").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = support::Proxy::start(
+        pg,
+        &format!(
+            "[metrics]\naddress = \"127.0.0.1:0\"\n[keys]\nmaster_key_file = \"{}\"\n\
+             [[encrypt]]\ntable = \"contacts\"\ncolumn = \"email\"\n",
+            key.display()
+        ),
+    )
+    .await;
+    let mport = proxy.metrics_port.unwrap();
+    let c = support::connect(
+        &proxy
+            .conn_str(pg)
+            .replace("dbname=postgres", "dbname=obs_db"),
+    )
+    .await;
+    c.batch_execute("CREATE TABLE contacts (id int, email bytea)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO contacts VALUES (1, 'a@example.com'), (2, 'b@example.com')")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        c.simple_query("SELECT email FROM contacts WHERE email = 'a@example.com'")
+            .await
+            .unwrap();
+    }
+    assert!(
+        c.simple_query("SELECT * FROM contacts ORDER BY email")
+            .await
+            .is_err()
+    );
+    let (_, text) = get(mport, "/metrics").await;
+    let col = "{column=\"public.contacts.email\"} ";
+    assert_eq!(
+        counter(&text, &format!("pgveil_values_encrypted_total{col}")),
+        5.0
+    );
+    assert_eq!(
+        counter(&text, &format!("pgveil_values_decrypted_total{col}")),
+        3.0
+    );
+    assert_eq!(
+        counter(&text, "pgveil_refused_statements_total{reason=\"order\"} "),
+        1.0
+    );
+    assert!(counter(&text, "pgveil_plan_cache_hits_total ") >= 2.0);
+    assert!(
+        counter(
+            &text,
+            "pgveil_statements_total{kind=\"refused\",protocol=\"simple\"} "
+        ) >= 1.0
+    );
+    assert!(
+        counter(
+            &text,
+            "pgveil_statement_duration_seconds_count{protocol=\"simple\"} "
+        ) >= 5.0
+    );
+    assert!(counter(&text, "pgveil_proxy_overhead_seconds_count ") >= 5.0);
+    // No value ever appears in the metrics.
+    assert!(!text.contains("a@example.com"));
+}

@@ -60,12 +60,16 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
     let opening = match opening {
         Err(_) => {
             info!(%peer, "client did not complete startup in time; closing");
-            reject(&shared, "startup_timeout");
+            if admitted {
+                reject(&shared, "startup_timeout");
+            }
             return;
         }
         Ok(Err(e)) => {
             warn!(%peer, error = %e, "malformed startup; closing");
-            reject(&shared, "protocol");
+            if admitted {
+                reject(&shared, "protocol");
+            }
             let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgveil: {e}"));
             let _ = client.write_all(&msg.to_bytes()).await;
             return;
@@ -174,6 +178,8 @@ pub struct Timing {
     inner: Mutex<TimingState>,
     simple: prometheus::Histogram,
     extended: prometheus::Histogram,
+    simple_statements: prometheus::IntCounter,
+    extended_statements: prometheus::IntCounter,
 }
 
 struct TimingState {
@@ -195,6 +201,12 @@ impl Timing {
             extended: metrics
                 .statement_duration_seconds
                 .with_label_values(&["extended"]),
+            simple_statements: metrics
+                .statements_total
+                .with_label_values(&["simple", "passthrough"]),
+            extended_statements: metrics
+                .statements_total
+                .with_label_values(&["extended", "passthrough"]),
         }
     }
 
@@ -207,10 +219,14 @@ impl Timing {
         self.lock().ready
     }
 
-    /// A client message passed.
+    /// A client message passed (a plain relay: every statement passes).
     pub fn request(&self, tag: u8) {
         match tag {
-            b'Q' => self.lock().open.push_back((Instant::now(), true)),
+            b'Q' => {
+                self.simple_statements.inc();
+                self.lock().open.push_back((Instant::now(), true))
+            }
+            b'P' => self.extended_statements.inc(),
             b'S' | b'F' => self.lock().open.push_back((Instant::now(), false)),
             _ => {}
         }

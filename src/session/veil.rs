@@ -113,6 +113,8 @@ struct State {
     parsed: HashMap<String, String>,
     /// The configuration generation this session last checked against.
     generation: u64,
+    /// Time spent waiting for catalog loads since the last Query was queued.
+    catalog_wait: Duration,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -206,6 +208,7 @@ pub async fn run(
             prepared_meta: HashMap::new(),
             parsed: HashMap::new(),
             generation: shared.encryption().generation,
+            catalog_wait: Duration::ZERO,
         }),
     };
     let limits = &shared.config.limits;
@@ -243,9 +246,14 @@ pub async fn run(
     }
 }
 
-async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> Result<(), SessionError> {
+async fn flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut BytesMut,
+    bytes_total: &prometheus::IntCounter,
+) -> Result<(), SessionError> {
     if !out.is_empty() {
         w.write_all(out).await?;
+        bytes_total.inc_by(out.len() as u64);
         out.clear();
     }
     Ok(())
@@ -262,6 +270,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let bytes_total = veil
+        .shared
+        .metrics
+        .bytes_total
+        .with_label_values(&["client_to_server"]);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::with_capacity(READ_BUFFER);
     let mut started = false;
@@ -272,19 +285,19 @@ where
                 Ok(Some(Chunk::Forward(bytes))) => {
                     out.extend_from_slice(&bytes);
                     if out.len() >= FLUSH_AT {
-                        flush(writer, &mut out).await?;
+                        flush(writer, &mut out, &bytes_total).await?;
                     }
                 }
                 Ok(Some(Chunk::Frame(frame))) => {
                     if !started {
                         // The first statement: learn the catalog first.
-                        flush(writer, &mut out).await?;
+                        flush(writer, &mut out, &bytes_total).await?;
                         ensure_catalog(veil, writer).await;
                         started = true;
                     }
                     match frame[0] {
                         b'Q' => {
-                            flush(writer, &mut out).await?;
+                            flush(writer, &mut out, &bytes_total).await?;
                             let rewritten = on_query(veil, writer, &frame).await?;
                             out.extend_from_slice(&rewritten);
                         }
@@ -303,12 +316,12 @@ where
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    flush(writer, &mut out).await?;
+                    flush(writer, &mut out, &bytes_total).await?;
                     return Ok(Some(e));
                 }
             }
         }
-        flush(writer, &mut out).await?;
+        flush(writer, &mut out, &bytes_total).await?;
         if buf.capacity() - buf.len() < READ_BUFFER / 4 {
             buf.reserve(READ_BUFFER);
         }
@@ -393,6 +406,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     for id in &catalog.defaults {
         warn!(database = %veil.database, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
     }
+    catalog.generation = veil.shared.next_catalog_generation();
     let catalog = Arc::new(catalog);
     veil.shared.store_catalog(veil.key(), catalog.clone());
     Some(catalog)
@@ -446,9 +460,12 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().cloned().collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
-        veil.state()
-            .pending
-            .push_back(QueryState::pending(Vec::new(), catalog, started));
+        shared
+            .metrics
+            .statements_total
+            .with_label_values(&["simple", "passthrough"])
+            .inc();
+        push_query(veil, Vec::new(), catalog, started);
         return Ok(BytesMut::from(frame));
     }
     let Some(mut cat) = catalog else {
@@ -524,10 +541,16 @@ async fn on_query<W: AsyncWrite + Unpin>(
         if enc.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
             && r.reason != "invalid_value"
         {
-            warn!(target: "audit", reason = r.reason, message = %r.message(), "statement would be refused; forwarded because policy.on_unsupported = passthrough");
-            veil.state()
-                .pending
-                .push_back(QueryState::pending(Vec::new(), Some(cat), started));
+            shared
+                .metrics
+                .refused_statements_total
+                .with_label_values(&[r.reason])
+                .inc();
+            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+                  reason = r.reason, column = r.column.as_deref().unwrap_or(""),
+                  fingerprint = %crate::sql::source::fingerprint(text),
+                  "statement would be refused; forwarded because policy.on_unsupported = passthrough");
+            push_query(veil, Vec::new(), Some(cat), started);
             return Ok(BytesMut::from(frame));
         }
         return Ok(refuse(
@@ -545,9 +568,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .map(|s| s.outputs.clone())
         .collect();
     record_prepared(veil, text, &analysis.statements);
-    veil.state()
-        .pending
-        .push_back(QueryState::pending(hints, Some(cat), started));
+    push_query(veil, hints, Some(cat), started);
     if replacements.is_empty() {
         shared
             .metrics
@@ -568,6 +589,24 @@ async fn on_query<W: AsyncWrite + Unpin>(
             Ok(refuse(veil, text, &[], r, None, started))
         }
     }
+}
+
+/// Queues the response expectations of a Query. Its overhead is the time
+/// since `started`, less any catalog load (a database round trip, not
+/// pgveil's own work).
+fn push_query(
+    veil: &Veil,
+    hints: Vec<Vec<Option<Encrypted>>>,
+    catalog: Option<Arc<Catalog>>,
+    started: Instant,
+) {
+    let mut st = veil.state();
+    let waited = std::mem::take(&mut st.catalog_wait);
+    let mut pending = QueryState::pending(hints, catalog, started);
+    if let Pending::Query(q) = &mut pending {
+        q.overhead = q.overhead.saturating_sub(waited);
+    }
+    st.pending.push_back(pending);
 }
 
 /// Keeps the session's map of SQL-level prepared statements current.
@@ -751,9 +790,7 @@ fn refuse(
     }
     parts.push(refusal.raise_statement());
     hints.push(Vec::new());
-    veil.state()
-        .pending
-        .push_back(QueryState::pending(hints, catalog, started));
+    push_query(veil, hints, catalog, started);
     query::encode(&parts.join("; "))
 }
 
@@ -796,6 +833,9 @@ fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
         .refused_statements_total
         .with_label_values(&[refusal.reason])
         .inc();
+    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+          reason = refusal.reason, fingerprint = %crate::sql::source::fingerprint(parsed.query),
+          "statement refused");
     let mut token = [0u8; 12];
     let _ = getrandom::fill(&mut token);
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
@@ -825,6 +865,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let bytes_total = veil
+        .shared
+        .metrics
+        .bytes_total
+        .with_label_values(&["server_to_client"]);
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::with_capacity(READ_BUFFER);
     loop {
@@ -848,15 +893,15 @@ where
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    flush(writer, &mut out).await?;
+                    flush(writer, &mut out, &bytes_total).await?;
                     return Ok(Some(e));
                 }
             }
             if out.len() >= FLUSH_AT {
-                flush(writer, &mut out).await?;
+                flush(writer, &mut out, &bytes_total).await?;
             }
         }
-        flush(writer, &mut out).await?;
+        flush(writer, &mut out, &bytes_total).await?;
         if buf.capacity() - buf.len() < READ_BUFFER / 4 {
             buf.reserve(READ_BUFFER);
         }
@@ -1054,6 +1099,13 @@ fn decrypt_row(
     frame: &[u8],
 ) -> Result<BytesMut, ErrorResponse> {
     let corrupt = |col: &str| {
+        veil.shared
+            .metrics
+            .decrypt_errors_total
+            .with_label_values(&[col])
+            .inc();
+        warn!(target: "audit", client = %veil.peer, database = %veil.database,
+              user = %veil.user, column = %col, "decrypt failed: stored value is not a valid envelope");
         ErrorResponse::error(
             "XX001",
             format!("pgveil: a stored value in encrypted column {col} could not be decrypted"),
@@ -1093,7 +1145,8 @@ fn decrypt_row(
                             .decrypt_errors_total
                             .with_label_values(&[&name])
                             .inc();
-                        warn!(target: "audit", column = %name, error = %e, "decrypt failed");
+                        warn!(target: "audit", client = %veil.peer, database = %veil.database,
+                              user = %veil.user, column = %name, error = %e, "decrypt failed");
                         return Err(ErrorResponse::error(e.sqlstate(), format!("pgveil: {e}")));
                     }
                 }
