@@ -33,6 +33,22 @@ enum Command {
     Run,
     /// Validate the configuration and print what was understood.
     Check,
+    /// Start a scratch PostgreSQL with a small CRM, pgveil in front of it,
+    /// and print two psql commands (through pgveil, and direct).
+    Demo {
+        /// Verify plaintext through pgveil and ciphertext directly, then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Probe the metrics endpoint's /healthz (or /readyz): exit 0 on 200.
+    Healthcheck {
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// `host:port` of the endpoint (default: `[metrics] address`).
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Print a fresh random master key (base64) and its check value.
     Keygen,
     /// Print the SQL literal to store or search for a plaintext value.
@@ -101,7 +117,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run | Command::Demo { .. }) {
         // Commands other than `run` log warnings (a missing key check
         // value, say) to stderr; `run` sets logging up from `[log]`.
         let _ = pgveil::logging::init(&pgveil::config::Log {
@@ -111,6 +127,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Keygen => commands::keys::keygen(),
+        Command::Demo { check } => commands::demo::demo(check),
+        Command::Healthcheck { ready, address } => {
+            let address = match address {
+                Some(a) => a,
+                None => {
+                    let config = Config::load(&cli.config)?;
+                    let metrics = config
+                        .metrics
+                        .context("no [metrics] section: pass --address host:port")?;
+                    let addr = metrics.address.get_ref().clone();
+                    // A wildcard bind is probed on loopback.
+                    addr.replace("0.0.0.0", "127.0.0.1")
+                        .replace("[::]", "[::1]")
+                }
+            };
+            commands::healthcheck::healthcheck(&address, ready)
+        }
         Command::Check => {
             let config = Config::load(&cli.config)?;
             print!("{}", config.summary());

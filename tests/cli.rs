@@ -107,3 +107,34 @@ fn check_refuses_a_wrong_key() {
     assert!(stderr.contains("check"), "{stderr}");
     assert!(!stderr.contains("cGd2ZWls"), "key printed: {stderr}");
 }
+
+#[test]
+fn demo_self_check_sees_plaintext_through_pgveil_and_none_directly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["demo", "--check"])
+        .env_remove("PGVEIL_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("self-check passed"));
+}
+
+#[test]
+fn healthcheck_fails_cleanly_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["healthcheck", "--address", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting"));
+}

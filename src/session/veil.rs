@@ -550,6 +550,11 @@ async fn on_query<W: AsyncWrite + Unpin>(
                   reason = r.reason, column = r.column.as_deref().unwrap_or(""),
                   fingerprint = %crate::sql::source::fingerprint(text),
                   "statement would be refused; forwarded because policy.on_unsupported = passthrough");
+            shared
+                .metrics
+                .statements_total
+                .with_label_values(&["simple", "passthrough"])
+                .inc();
             push_query(veil, Vec::new(), Some(cat), started);
             return Ok(BytesMut::from(frame));
         }
@@ -562,6 +567,17 @@ async fn on_query<W: AsyncWrite + Unpin>(
             started,
         ));
     }
+    let new_text = if replacements.is_empty() {
+        None
+    } else {
+        match rewrite::splice(text, replacements) {
+            Some(t) => Some(t),
+            None => {
+                let r = Refusal::general("pgveil could not rewrite this statement", "unparsed");
+                return Ok(refuse(veil, text, &[], r, None, started));
+            }
+        }
+    };
     let hints = analysis
         .statements
         .iter()
@@ -569,26 +585,20 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .collect();
     record_prepared(veil, text, &analysis.statements);
     push_query(veil, hints, Some(cat), started);
-    if replacements.is_empty() {
-        shared
-            .metrics
-            .statements_total
-            .with_label_values(&["simple", "passthrough"])
-            .inc();
-        return Ok(BytesMut::from(frame));
-    }
+    let kind = if new_text.is_some() {
+        "rewritten"
+    } else {
+        "passthrough"
+    };
     shared
         .metrics
         .statements_total
-        .with_label_values(&["simple", "rewritten"])
+        .with_label_values(&["simple", kind])
         .inc();
-    match rewrite::splice(text, replacements) {
-        Some(new_text) => Ok(query::encode(&new_text)),
-        None => {
-            let r = Refusal::general("pgveil could not rewrite this statement", "unparsed");
-            Ok(refuse(veil, text, &[], r, None, started))
-        }
-    }
+    Ok(match new_text {
+        Some(t) => query::encode(&t),
+        None => BytesMut::from(frame),
+    })
 }
 
 /// Queues the response expectations of a Query. Its overhead is the time
