@@ -15,6 +15,7 @@
 //!   message loop.
 //! - [`server`] — the listener, connection limit and graceful shutdown.
 //! - [`logging`] — `tracing` set-up from `[log]`.
+//! - [`localpg`] — local PostgreSQL server binaries (demo, tests).
 //! - [`metrics`], [`admin`] — Prometheus metrics and the health endpoint.
 //!
 //! See `docs/ARCHITECTURE.md` for the path of a message through these layers.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod crypto;
+pub mod localpg;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

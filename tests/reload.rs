@@ -15,8 +15,6 @@ use support::cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
 
-const KEY: &str = "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=";
-
 struct Running(Child);
 
 impl Drop for Running {
@@ -92,7 +90,7 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
-    std::fs::write(&key, KEY).unwrap();
+    std::fs::write(&key, support::TEST_KEY).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key = key.display().to_string();
     let path = dir.path().join("proxy.toml");

@@ -20,14 +20,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 
 use support::{PgCluster, Proxy, cluster};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// A fixed test master key (32 bytes, base64), as in `tests/sql_simple.rs`.
-const KEY: &str = "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=";
 
 /// The fixture template: `{enc}` and `{enc_date}` are storage types.
 const FIXTURE: &str = include_str!("fixtures/crm.sql");
@@ -52,17 +50,12 @@ const ENCRYPTED: &[(&str, &str, Option<&str>, &str)] = &[
 /// The fixture's tables, all keyed by `id`.
 const TABLES: &[&str] = &["customers", "contacts", "leads", "deals", "activities"];
 
-fn key_file() -> std::path::PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let path = dir.join("master.key");
-    std::fs::write(&path, KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 /// pgveil's configuration for the fixture.
 fn config() -> String {
-    let mut toml = format!("[keys]\nmaster_key_file = \"{}\"\n", key_file().display());
+    let mut toml = format!(
+        "[keys]\nmaster_key_file = \"{}\"\n",
+        support::key_file().display()
+    );
     for (table, column, domain, ty) in ENCRYPTED {
         toml.push_str(&format!(
             "[[encrypt]]\ntable = \"{table}\"\ncolumn = \"{column}\"\ntype = \"{ty}\"\n"

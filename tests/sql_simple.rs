@@ -5,22 +5,9 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-
 use support::{PgCluster, Proxy, cluster};
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
-
-/// A fixed test master key (32 bytes, base64).
-const KEY: &str = "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=";
-
-fn key_file() -> std::path::PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let path = dir.join("master.key");
-    std::fs::write(&path, KEY).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 fn crm_config() -> String {
     format!(
@@ -45,7 +32,7 @@ domain = "email"
 table = "crm_new"
 column = "secret"
 "#,
-        key_file().display()
+        support::key_file().display()
     )
 }
 

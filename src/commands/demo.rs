@@ -83,69 +83,12 @@ impl Drop for Scratch {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Finds PostgreSQL's server binaries like the test harness does.
 fn find_pg_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(bin) = std::env::var("PG_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((major, bin))
-        })
-        .collect();
-    found.sort();
-    if let Some((_, bin)) = found.pop() {
-        return Ok(bin);
-    }
-    if let Ok(path) = which("initdb") {
-        if let Some(dir) = path.parent() {
-            return Ok(dir.to_path_buf());
-        }
-    }
-    bail!(
-        "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found.\n\
-         Install them, for example:\n  Debian/Ubuntu: sudo apt-get install postgresql\n  \
-         Fedora/RHEL:   sudo dnf install postgresql-server\n  macOS:         brew install postgresql@17\n\
-         or point PG_BIN at their directory."
-    )
-}
-
-fn which(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").context("no PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .context("not on PATH")
+    pgveil::localpg::find_server_binaries().context(pgveil::localpg::INSTALL_HINT)
 }
 
 fn pg_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
-    let path = bin.join(program);
-    if as_postgres {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
+    pgveil::localpg::command(bin, program, as_postgres)
 }
 
 fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
@@ -181,14 +124,10 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn chown_to_postgres(dir: &Path) -> anyhow::Result<()> {
-    let id = |flag: &str| -> anyhow::Result<u32> {
-        let out = Command::new("id").args([flag, "postgres"]).output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("no `postgres` user: PostgreSQL refuses to run as root; create the user or run the demo as a normal user")
-    };
-    std::os::unix::fs::chown(dir, Some(id("-u")?), Some(id("-g")?))?;
+    let (uid, gid) = pgveil::localpg::postgres_ids().context(
+        "no `postgres` user: PostgreSQL refuses to run as root; create the user or run the demo as a normal user",
+    )?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     Ok(())
 }
 
@@ -196,7 +135,7 @@ fn chown_to_postgres(dir: &Path) -> anyhow::Result<()> {
 /// ciphertext directly, then exits instead of waiting for Ctrl-C.
 pub fn demo(check: bool) -> anyhow::Result<()> {
     let bin = find_pg_bin()?;
-    let as_postgres = is_root();
+    let as_postgres = pgveil::localpg::is_root();
     let dir = scratch_dir()?;
     let mut scratch = Scratch {
         dir: dir.clone(),

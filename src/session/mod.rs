@@ -248,3 +248,34 @@ impl Timing {
         }
     }
 }
+
+/// Tells the client why its session ends after a malformed frame from
+/// either side; the returned error is for the log.
+pub(crate) async fn report_malformed(
+    client: &mut TcpStream,
+    from_client: bool,
+    e: crate::protocol::FrameError,
+) -> SessionError {
+    let message = if from_client {
+        format!("pgveil: invalid message from client: {e}")
+    } else {
+        warn!(error = %e, "malformed message from upstream");
+        "pgveil: invalid message from the database server".to_string()
+    };
+    let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
+    let _ = client.write_all(&msg.to_bytes()).await;
+    SessionError::Protocol(e.to_string())
+}
+
+/// Reads more bytes into a pump's buffer; `false` at end of stream.
+pub(crate) async fn fill<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut bytes::BytesMut,
+    chunk: usize,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+    Ok(reader.read_buf(buf).await? != 0)
+}

@@ -4,13 +4,11 @@
 
 use bytes::BytesMut;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::warn;
 
 use super::{AuditContext, SessionError, Timing, audit_auth_error};
-use crate::protocol::messages::ErrorResponse;
-use crate::protocol::{Chunk, FrameError, Framer, sqlstate};
+use crate::protocol::{Chunk, FrameError, Framer};
 use crate::server::Shared;
 
 /// Initial read buffer per direction.
@@ -57,15 +55,7 @@ pub async fn run(
     match outcome? {
         (_, PumpEnd::Eof) => Ok(()),
         (from_client, PumpEnd::Malformed(e)) => {
-            let message = if from_client {
-                format!("pgveil: invalid message from client: {e}")
-            } else {
-                warn!(error = %e, "malformed message from upstream");
-                "pgveil: invalid message from the database server".to_string()
-            };
-            let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
-            let _ = client.write_all(&msg.to_bytes()).await;
-            Err(SessionError::Protocol(e.to_string()))
+            Err(super::report_malformed(&mut client, from_client, e).await)
         }
     }
 }
@@ -115,10 +105,7 @@ where
                 Err(e) => return Ok(PumpEnd::Malformed(e)),
             }
         }
-        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
-            buf.reserve(READ_BUFFER);
-        }
-        if reader.read_buf(&mut buf).await? == 0 {
+        if !super::fill(reader, &mut buf, READ_BUFFER).await? {
             return Ok(PumpEnd::Eof);
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -232,17 +232,7 @@ pub async fn run(
     };
     match outcome {
         (_, None) => Ok(()),
-        (from_client, Some(e)) => {
-            let message = if from_client {
-                format!("pgveil: invalid message from client: {e}")
-            } else {
-                warn!(error = %e, "malformed message from upstream");
-                "pgveil: invalid message from the database server".to_string()
-            };
-            let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
-            let _ = client.write_all(&msg.to_bytes()).await;
-            Err(SessionError::Protocol(e.to_string()))
-        }
+        (from_client, Some(e)) => Err(super::report_malformed(&mut client, from_client, e).await),
     }
 }
 
@@ -322,10 +312,7 @@ where
             }
         }
         flush(writer, &mut out, &bytes_total).await?;
-        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
-            buf.reserve(READ_BUFFER);
-        }
-        if reader.read_buf(&mut buf).await? == 0 {
+        if !super::fill(reader, &mut buf, READ_BUFFER).await? {
             return Ok(None);
         }
         reconcile_reload(veil)?;
@@ -912,10 +899,7 @@ where
             }
         }
         flush(writer, &mut out, &bytes_total).await?;
-        if buf.capacity() - buf.len() < READ_BUFFER / 4 {
-            buf.reserve(READ_BUFFER);
-        }
-        if reader.read_buf(&mut buf).await? == 0 {
+        if !super::fill(reader, &mut buf, READ_BUFFER).await? {
             return Ok(None);
         }
     }

@@ -17,6 +17,19 @@ use std::sync::OnceLock;
 use pgveil::config::Config;
 use tokio::sync::oneshot;
 
+/// A fixed test master key (32 bytes, base64). Never used outside tests.
+pub const TEST_KEY: &str = "cGd2ZWlsLXRlc3Qta2V5LTMyLWJ5dGVzLWxvbmchISE=";
+
+/// A 0600 file holding [`TEST_KEY`], in a directory kept for the process.
+pub fn key_file() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("master.key");
+    std::fs::write(&path, TEST_KEY).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// Password of the `postgres` superuser in test clusters.
 pub const PASSWORD: &str = "pgveil-test-pw";
 
@@ -42,32 +55,8 @@ pub fn cluster() -> &'static PgCluster {
 
 /// Locates the PostgreSQL server binaries.
 pub fn find_pg_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("PG_BIN") {
-        return PathBuf::from(bin);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return dir;
-        }
-    }
-    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((major, bin))
-        })
-        .collect();
-    candidates.sort();
-    candidates.pop().map(|(_, b)| b).unwrap_or_else(|| {
-        panic!(
-            "no PostgreSQL server binaries found: set PG_BIN, or install them \
-             (Debian/Ubuntu: apt-get install postgresql)"
-        )
-    })
+    pgveil::localpg::find_server_binaries()
+        .unwrap_or_else(|| panic!("{}", pgveil::localpg::INSTALL_HINT))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -80,24 +69,12 @@ pub fn free_port() -> u16 {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free check: `id -u` avoids libc in tests.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    pgveil::localpg::is_root()
 }
 
 /// Runs a server binary, as `postgres` when we are root.
 fn pg_command(bin: &Path, program: &str) -> Command {
-    let path = bin.join(program);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
+    pgveil::localpg::command(bin, program, is_root())
 }
 
 fn run_checked(mut cmd: Command, what: &str) {
