@@ -25,8 +25,6 @@ use support::{PgCluster, Proxy, cluster};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-/// A fixed test master key (32 bytes, base64), as in `tests/sql_simple.rs`.
-
 /// The fixture template: `{enc}` and `{enc_date}` are storage types.
 const FIXTURE: &str = include_str!("fixtures/crm.sql");
 
