@@ -304,7 +304,7 @@ else
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-key="$("$pgveil" keygen | head -n 1)"
+key="$("$pgveil" keygen 2>/dev/null | head -n 1)"
 printf '%s' "$key" > "$tmp/master-key"
 chmod 600 "$tmp/master-key"
 # Compose: the key comes from PGVEIL_MASTER_KEY.

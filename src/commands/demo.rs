@@ -341,10 +341,10 @@ async fn self_check(crm: &tokio_postgres::Client, direct: &str) -> anyhow::Resul
     for row in &rows {
         for i in 0..4 {
             let v: Option<Vec<u8>> = row.get(i);
-            if let Some(v) = v {
-                if v.first() != Some(&1) || v.windows(4).any(|w| w == b"exam") {
-                    bail!("self-check failed: the database holds a value that is not ciphertext");
-                }
+            if let Some(v) = v
+                && (v.first() != Some(&1) || v.windows(4).any(|w| w == b"exam"))
+            {
+                bail!("self-check failed: the database holds a value that is not ciphertext");
             }
         }
     }
