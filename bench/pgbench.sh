@@ -24,8 +24,6 @@
 #   PGVEIL_BIN  pgveil binary   (default target/release/pgveil, built if missing)
 #   BUILD=1     run `cargo build --release` even if the binary exists
 #   RESULTS     also write the raw per-run figures to this CSV file
-#   NICE        run everything under `nice -n NICE` (e.g. -10 as root, to
-#               shield the figures from other work on a shared machine)
 #
 # Authentication is `trust` on 127.0.0.1 everywhere: the benchmark measures
 # the steady-state relay, not the handshake (pgbench connects once per client).
@@ -45,11 +43,6 @@ RESULTS=${RESULTS:-}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# NICE=-10 (as root) runs everything at a higher priority, so that other work
-# on a shared machine skews the figures less. Children inherit it.
-if [[ -n ${NICE:-} && -z ${_PGVEIL_BENCH_NICED:-} ]]; then
-    exec env _PGVEIL_BENCH_NICED=1 nice -n "$NICE" "$0" "$@"
-fi
 TARGETS=(direct pgbouncer pgveil)
 DB=pgbench
 DB_USER=postgres
@@ -330,7 +323,7 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR]=$1} END {if (NR%2) pri
 read -r LOAD1_END _ </proc/loadavg || LOAD1_END=0
 echo
 echo "machine: $NCPU CPUs, ${CPU_MODEL:-unknown CPU}, $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM; load average $LOAD1 at start, $LOAD1_END at end"
-echo "PostgreSQL $PG_VERSION (fsync=off), PgBouncer $BOUNCER_VERSION (session), pgveil $PGVEIL_VERSION ($PGVEIL_REV)${NICE:+, nice $NICE}"
+echo "PostgreSQL $PG_VERSION (fsync=off), PgBouncer $BOUNCER_VERSION (session), pgveil $PGVEIL_VERSION ($PGVEIL_REV)"
 echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, median of $ROUNDS rounds"
 echo
 echo "| mode     | direct tps | pgbouncer tps | pgveil tps | pgveil/direct | pgveil/pgbouncer | pgbouncer/direct | pgbouncer CPU us/txn | pgveil CPU us/txn |"
@@ -346,9 +339,13 @@ for mode in $MODES; do
             m, d, b, v, v/d, v/b, b/d, bc, vc }'
 done
 echo
-echo "per-round tps:"
+echo "per round (tps; paired ratios compare runs a few seconds apart):"
 for mode in $MODES; do
     for t in "${TARGETS[@]}"; do
-        printf '  %-8s %-9s %s\n' "$mode" "$t" "$(awk '{for (i = 1; i <= NF; i++) printf "%8.0f", $i}' <<<"${TPS["$t $mode"]}")"
+        printf '  %-8s %-16s %s\n' "$mode" "$t" "$(awk '{for (i = 1; i <= NF; i++) printf "%8.0f", $i}' <<<"${TPS["$t $mode"]}")"
     done
+    printf '  %-8s %-16s %s\n' "$mode" "pgveil/pgbouncer" "$(paste -d' ' <(tr ' ' '\n' <<<"${TPS["pgveil $mode"]}") <(tr ' ' '\n' <<<"${TPS["pgbouncer $mode"]}") |
+        awk 'NF == 2 {printf "%8.2f", $1 / $2}')"
+    printf '  %-8s %-16s %s\n' "$mode" "pgveil/direct" "$(paste -d' ' <(tr ' ' '\n' <<<"${TPS["pgveil $mode"]}") <(tr ' ' '\n' <<<"${TPS["direct $mode"]}") |
+        awk 'NF == 2 {printf "%8.2f", $1 / $2}')"
 done

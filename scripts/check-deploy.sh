@@ -304,7 +304,9 @@ else
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-key="$("$pgveil" keygen 2>/dev/null | head -n 1)"
+# (not `| head -n 1`: with pipefail, keygen's write to a closed pipe fails)
+key="$("$pgveil" keygen 2>/dev/null)"
+key="${key%%$'\n'*}"
 printf '%s' "$key" > "$tmp/master-key"
 chmod 600 "$tmp/master-key"
 # Compose: the key comes from PGVEIL_MASTER_KEY.
