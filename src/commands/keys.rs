@@ -16,8 +16,16 @@ pub fn keygen() -> anyhow::Result<()> {
     );
     eprintln!("# Point [keys] master_key_env or master_key_file (mode 0600) at it.");
     eprintln!("# Line 2 is its check value: add it under [keys] so a wrong key is refused.");
-    println!("{}", key.to_base64().as_str());
-    println!("check = \"{}\"", key.check_value());
+    // `keygen | head -n 1` closes the pipe early: that is not an error.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{}", key.to_base64().as_str())
+        .and_then(|()| writeln!(out, "check = \"{}\"", key.check_value()))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
     Ok(())
 }
 
