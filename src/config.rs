@@ -541,6 +541,21 @@ impl Config {
                     format!("`{table}` is not `table` or `schema.table`"),
                 ));
             }
+            if let Some(bad) = parts
+                .iter()
+                .copied()
+                .chain(std::iter::once(col.column.as_str()))
+                .find(|p| !is_simple_identifier(p))
+            {
+                return Err(invalid(
+                    span,
+                    key("table"),
+                    format!(
+                        "`{bad}` is not a plain identifier (letters, digits, `_`, `$`, not starting with a digit); \
+                         pgveil matches configured names as SQL words"
+                    ),
+                ));
+            }
             if col.column.is_empty() || col.column.contains('.') {
                 return Err(invalid(
                     span,
@@ -646,6 +661,12 @@ impl Config {
         }
         out
     }
+}
+
+fn is_simple_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
 }
 
 /// `host:port` with a non-empty host and a numeric port; IPv6 as `[::1]:5432`.

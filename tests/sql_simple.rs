@@ -546,3 +546,75 @@ async fn guard_constraints_reject_plaintext_written_around_pgveil() {
         vec![vec![s("Ada"), s("ok@example.com")]]
     );
 }
+
+#[tokio::test]
+async fn session_level_review_findings_fail_closed() {
+    let pg = cluster();
+    let db = fixture(pg, "crm_review").await;
+    let proxy = Proxy::start(pg, &crm_config()).await;
+    let c = connect_db(&proxy, pg, &db).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let d = direct_db(pg, &db).await;
+    let plaintext_stored = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().any(|r| {
+            r.get::<_, Option<&str>>(0)
+                .is_some_and(|v| v.contains("PLAIN"))
+        })
+    };
+
+    // A DEALLOCATE that fails in the database is not forgotten by pgveil.
+    c.batch_execute("PREPARE p(int, text) AS INSERT INTO customers (id, phone) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let _ = c.batch_execute("SELECT 1/0; DEALLOCATE p").await;
+    c.batch_execute("EXECUTE p(25, 'PLAIN_E25')").await.unwrap();
+    // Quoted, mixed-case prepared statement names.
+    c.batch_execute(
+        "PREPARE \"P8\"(int, text) AS INSERT INTO customers (id, phone) VALUES ($1, $2)",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("EXECUTE \"P8\"(8, 'PLAIN_E8')")
+        .await
+        .unwrap();
+    let rows = d.query("SELECT phone FROM customers", &[]).await.unwrap();
+    assert!(!plaintext_stored(rows), "plaintext stored through EXECUTE");
+
+    // A view in a schema outside the known search path is refused, not
+    // written through as an unknown table.
+    c.batch_execute("CREATE SCHEMA app").await.unwrap();
+    c.batch_execute("CREATE VIEW app.cc AS SELECT id, phone FROM public.customers")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT set_config('search'||'_path', 'app, public', false)")
+        .await
+        .unwrap();
+    assert!(
+        c.batch_execute("UPDATE cc SET phone = 'PLAIN_E9' WHERE id = 8")
+            .await
+            .is_err()
+    );
+    c.batch_execute("RESET search_path").await.unwrap();
+
+    // Non-UTF-8 client encodings are refused for statements on encrypted tables.
+    c.batch_execute("SET client_encoding = 'SJIS'")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute("UPDATE customers SET phone = 'PLAIN_E5' WHERE id = 8")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    c.batch_execute("SET client_encoding = 'UTF8'")
+        .await
+        .unwrap();
+
+    // A settings change in the same Query as a statement on encrypted tables.
+    assert!(
+        c.batch_execute("SET standard_conforming_strings = off; UPDATE customers SET phone = 'PLAIN_E6' WHERE id = 8")
+            .await
+            .is_err()
+    );
+    let rows = d.query("SELECT phone FROM customers", &[]).await.unwrap();
+    assert!(!plaintext_stored(rows), "plaintext stored");
+}

@@ -1,6 +1,6 @@
-//! `pgveil::protocol::Framer` on arbitrary bytes, split into arbitrary
-//! chunks, with an arbitrary set of inspected message types and small
-//! limits.
+//! `pgveil::protocol::Framer::next_observed` (which `next` wraps) on
+//! arbitrary bytes, split into arbitrary chunks, with an arbitrary set of
+//! inspected message types and small limits.
 //!
 //! Checks, against a simple reference parse of the whole input:
 //! - the bytes handed out (forwarded and inspected) are exactly the input
@@ -10,7 +10,8 @@
 //! - an error is reported exactly at the first bad header, with the right
 //!   kind, and leaves the buffer untouched;
 //! - once all input is in, everything complete has been handed out;
-//! - memory reserved for an inspected frame stays within its limit.
+//! - memory reserved for an inspected frame stays within its limit;
+//! - every forwarded frame is reported to the observer once, in order.
 
 #![no_main]
 
@@ -46,12 +47,18 @@ enum End {
 }
 
 struct RefFrame {
+    tag: u8,
     start: usize,
     len: usize,
     inspected: bool,
 }
 
-fn reference(data: &[u8], max_frame: u32, max_inspected: u32, inspect: &dyn Fn(u8) -> bool) -> (Vec<RefFrame>, End) {
+fn reference(
+    data: &[u8],
+    max_frame: u32,
+    max_inspected: u32,
+    inspect: &dyn Fn(u8) -> bool,
+) -> (Vec<RefFrame>, End) {
     let mut frames = Vec::new();
     let mut at = 0;
     loop {
@@ -61,11 +68,22 @@ fn reference(data: &[u8], max_frame: u32, max_inspected: u32, inspect: &dyn Fn(u
         let tag = data[at];
         let length = i32::from_be_bytes(data[at + 1..at + 5].try_into().unwrap());
         let error = if length < 4 {
-            Some(FrameError::BadLength { tag: tag as char, length })
+            Some(FrameError::BadLength {
+                tag: tag as char,
+                length,
+            })
         } else if length as u32 - 4 > max_frame {
-            Some(FrameError::TooLarge { tag: tag as char, length: length as u32 - 4, limit: max_frame })
+            Some(FrameError::TooLarge {
+                tag: tag as char,
+                length: length as u32 - 4,
+                limit: max_frame,
+            })
         } else if inspect(tag) && length as u32 - 4 > max_inspected {
-            Some(FrameError::TooLargeToInspect { tag: tag as char, length: length as u32 - 4, limit: max_inspected })
+            Some(FrameError::TooLargeToInspect {
+                tag: tag as char,
+                length: length as u32 - 4,
+                limit: max_inspected,
+            })
         } else {
             None
         };
@@ -74,9 +92,21 @@ fn reference(data: &[u8], max_frame: u32, max_inspected: u32, inspect: &dyn Fn(u
         }
         let len = length as usize + 1;
         let inspected = inspect(tag);
-        frames.push(RefFrame { start: at, len, inspected });
+        frames.push(RefFrame {
+            tag,
+            start: at,
+            len,
+            inspected,
+        });
         if data.len() - at < len {
-            return (frames, if inspected { End::Waiting(at) } else { End::Streaming });
+            return (
+                frames,
+                if inspected {
+                    End::Waiting(at)
+                } else {
+                    End::Streaming
+                },
+            );
         }
         at += len;
     }
@@ -104,13 +134,14 @@ fuzz_target!(|input: Input| {
     let mut buf = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
     let mut error = None;
+    let mut seen = Vec::new();
     'feed: for read in reads {
         buf.extend_from_slice(&data[read.clone()]);
         let fed = read.end;
         loop {
             let before = buf.clone();
             let capacity = buf.capacity();
-            let next = framer.next(&mut buf, inspect);
+            let next = framer.next_observed(&mut buf, inspect, |t| seen.push(t));
             if buf.capacity() > capacity {
                 // Only a whole inspected frame may make the framer reserve.
                 assert!(
@@ -140,7 +171,10 @@ fuzz_target!(|input: Input| {
                         .iter()
                         .find(|f| f.start == start)
                         .expect("inspected frame not at a frame boundary");
-                    assert!(f.inspected && inspect(b[0]), "frame returned whole but not inspected");
+                    assert!(
+                        f.inspected && inspect(b[0]),
+                        "frame returned whole but not inspected"
+                    );
                     assert_eq!(b.len(), f.len, "inspected frame not whole");
                     assert!(framer.at_boundary());
                     out.extend_from_slice(&b);
@@ -152,10 +186,21 @@ fuzz_target!(|input: Input| {
                     break 'feed;
                 }
             }
-            assert_eq!(&out[..], &data[..out.len()], "output is not the input prefix");
+            assert_eq!(
+                &out[..],
+                &data[..out.len()],
+                "output is not the input prefix"
+            );
             assert_eq!(out.len() + buf.len(), fed, "bytes lost or duplicated");
         }
     }
+    // Every forwarded frame whose header has passed is observed once, in order.
+    let forwarded: Vec<u8> = frames
+        .iter()
+        .filter(|f| !f.inspected && f.start < out.len())
+        .map(|f| f.tag)
+        .collect();
+    assert_eq!(seen, forwarded, "observed tags");
     match (end, error) {
         (End::Bad(at, want), Some(got)) => {
             assert_eq!(out.len(), at, "error reported at the wrong place");

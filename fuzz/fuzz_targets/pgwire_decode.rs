@@ -114,7 +114,10 @@ const DECODERS: &[(&str, Decoder)] = &[
     ("NoticeResponse", typed::<NoticeResponse>),
     ("ReadyForQuery", typed::<ReadyForQuery>),
     ("BackendKeyData", typed::<BackendKeyData>),
-    ("NegotiateProtocolVersion", typed::<NegotiateProtocolVersion>),
+    (
+        "NegotiateProtocolVersion",
+        typed::<NegotiateProtocolVersion>,
+    ),
     ("Authentication", typed::<Authentication>),
     ("ParameterStatus", typed::<ParameterStatus>),
     ("NotificationResponse", typed::<NotificationResponse>),

@@ -36,7 +36,10 @@ fn check(packet: &[u8]) {
         }
         InitialPacket::Startup(params) => {
             assert_eq!(params.major, 3);
-            assert_eq!(i32::from(params.major) << 16 | i32::from(params.minor), code);
+            assert_eq!(
+                i32::from(params.major) << 16 | i32::from(params.minor),
+                code
+            );
             assert!(!params.user.is_empty());
             assert!(!params.database.is_empty());
             assert_eq!(packet.last(), Some(&0), "parameter list not terminated");

@@ -380,6 +380,11 @@ impl Catalog {
             .find_map(|schema| self.relation(schema, name))
     }
 
+    /// Whether any known relation has this name, in any schema.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.relations.iter().any(|r| r.name == name)
+    }
+
     /// Builds a catalog directly (tests and views).
     pub fn from_relations(relations: Vec<Relation>, search_path: Vec<String>) -> Catalog {
         let mut c = Catalog {

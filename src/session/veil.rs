@@ -58,6 +58,9 @@ struct QueryState {
     /// Time pgveil itself spent on this Query (analysis, rewriting,
     /// encryption, decryption).
     overhead: Duration,
+    /// The Query may change how later statements must be read
+    /// (`standard_conforming_strings`, `client_encoding`).
+    changes_settings: bool,
 }
 
 impl QueryState {
@@ -72,6 +75,7 @@ impl QueryState {
             catalog,
             started,
             overhead: started.elapsed(),
+            changes_settings: false,
         })
     }
 }
@@ -115,6 +119,13 @@ struct State {
     generation: u64,
     /// Time spent waiting for catalog loads since the last Query was queued.
     catalog_wait: Duration,
+    /// `client_encoding` is UTF8 (pgveil tokenizes statements as UTF-8).
+    utf8: bool,
+    /// Queries sent that may change string or encoding settings and whose
+    /// ReadyForQuery has not arrived: until then the settings are unknown.
+    settings_in_flight: usize,
+    /// Set by the client pump for the next queued Query.
+    next_changes_settings: bool,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -209,8 +220,19 @@ pub async fn run(
             parsed: HashMap::new(),
             generation: shared.encryption().generation,
             catalog_wait: Duration::ZERO,
+            utf8: true,
+            settings_in_flight: 0,
+            next_changes_settings: false,
         }),
     };
+    if String::from_utf8_lossy(startup_packet)
+        .to_ascii_lowercase()
+        .contains("search_path")
+    {
+        // Set at connection time (`options=-c search_path=...`): this
+        // session resolves names differently from others of its user.
+        veil.make_key_private();
+    }
     let limits = &shared.config.limits;
     let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
     let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
@@ -402,18 +424,41 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
 /// Maps view columns to base columns; views pgveil cannot follow become opaque.
 fn map_views(catalog: &mut Catalog, shared: &crate::server::Encryption) {
     let watched = Watched::new(catalog, &shared.configured, &shared.encrypted_columns);
-    let snapshot = catalog.clone();
-    for rel in catalog.relations_mut() {
-        let Some(def) = rel.definition.take() else {
-            continue;
-        };
-        match view_columns(&def, &snapshot, &watched, &shared.configured) {
-            Ok(cols) => {
-                for (c, enc) in rel.columns.iter_mut().zip(cols) {
-                    c.encrypted = enc;
+    let definitions: Vec<(usize, String)> = catalog
+        .relations_mut()
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, r)| r.definition.take().map(|d| (i, d)))
+        .collect();
+    // Views over views: map again with what the previous pass learned,
+    // until nothing changes (bounded by the number of views).
+    for _ in 0..=definitions.len() {
+        let snapshot = catalog.clone();
+        let mut changed = false;
+        for (i, def) in &definitions {
+            let Some(rel) = catalog.relations_mut().get_mut(*i) else {
+                continue;
+            };
+            match view_columns(def, &snapshot, &watched, &shared.configured) {
+                Ok(cols) => {
+                    for (c, enc) in rel.columns.iter_mut().zip(cols) {
+                        if c.encrypted != enc {
+                            c.encrypted = enc;
+                            changed = true;
+                        }
+                    }
+                    rel.opaque = None;
+                }
+                Err(r) => {
+                    if rel.opaque.is_none() {
+                        changed = true;
+                    }
+                    rel.opaque = Some(r.operation.clone());
                 }
             }
-            Err(r) => rel.opaque = Some(r.operation.clone()),
+        }
+        if !changed {
+            break;
         }
     }
 }
@@ -440,12 +485,24 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Some(c) => Watched::new(c, &enc.configured, &enc.encrypted_columns),
         None => Watched::new(&Catalog::default(), &enc.configured, &enc.encrypted_columns),
     };
-    if text.len() < 4096 && text.to_ascii_lowercase().contains("search_path") {
+    if text.to_ascii_lowercase().contains("search_path") {
         // Name resolution may change: this session gets a catalog of its own.
         veil.make_key_private();
     }
+    let lower = text.to_ascii_lowercase();
+    let changes_settings = [
+        "standard_conforming_strings",
+        "client_encoding",
+        "set_config",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+        || lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "reset" || w == "discard");
+    veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().cloned().collect();
+    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
@@ -454,6 +511,24 @@ async fn on_query<W: AsyncWrite + Unpin>(
             .inc();
         push_query(veil, Vec::new(), catalog, started);
         return Ok(BytesMut::from(frame));
+    }
+    let (utf8, in_flight) = {
+        let st = veil.state();
+        (st.utf8, st.settings_in_flight)
+    };
+    if !utf8 {
+        let r = Refusal::general(
+            "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
+            "unparsed",
+        );
+        return Ok(refuse(veil, text, &[], r, catalog, started));
+    }
+    if changes_settings || in_flight > 0 {
+        let r = Refusal::general(
+            "a change to standard_conforming_strings or client_encoding is in the same Query or still in flight; send it on its own and wait for its result",
+            "unparsed",
+        );
+        return Ok(refuse(veil, text, &[], r, catalog, started));
     }
     let Some(mut cat) = catalog else {
         let r = Refusal::general(
@@ -600,8 +675,13 @@ fn push_query(
     let mut st = veil.state();
     let waited = std::mem::take(&mut st.catalog_wait);
     let mut pending = QueryState::pending(hints, catalog, started);
+    let changes = std::mem::take(&mut st.next_changes_settings);
     if let Pending::Query(q) = &mut pending {
         q.overhead = q.overhead.saturating_sub(waited);
+        q.changes_settings = changes;
+    }
+    if changes {
+        st.settings_in_flight += 1;
     }
     st.pending.push_back(pending);
 }
@@ -623,17 +703,9 @@ fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan])
                 },
             );
         }
-        match &plan.deallocated {
-            Some(Some(name)) => {
-                st.prepared.remove(name);
-                st.prepared_meta.remove(name);
-            }
-            Some(None) => {
-                st.prepared.clear();
-                st.prepared_meta.clear();
-            }
-            None => {}
-        }
+        // DEALLOCATE is deliberately not applied: it may fail or be rolled
+        // back in the database, and a name pgveil forgot while PostgreSQL
+        // still holds it would let EXECUTE through unanalysed.
     }
 }
 
@@ -966,6 +1038,9 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             let metrics = &veil.shared.metrics;
             match st.pending.pop_front() {
                 Some(Pending::Query(q)) => {
+                    if q.changes_settings {
+                        st.settings_in_flight = st.settings_in_flight.saturating_sub(1);
+                    }
                     metrics
                         .statement_duration_seconds
                         .with_label_values(&["simple"])
@@ -989,6 +1064,12 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                 st.settings.set(name, value);
                 if name == "standard_conforming_strings" {
                     st.standard_strings = value == "on";
+                }
+                if name == "client_encoding" {
+                    st.utf8 = matches!(
+                        value.to_ascii_uppercase().as_str(),
+                        "UTF8" | "UTF-8" | "UNICODE"
+                    );
                 }
             }
             Ok(Some(frame))

@@ -185,7 +185,8 @@ struct Ctx<'c, 'a> {
     source: &'a Source<'a>,
     watched: &'a Watched,
     edits: Vec<Edit>,
-    ctes: Vec<(String, Vec<Out>)>,
+    /// WITH queries in scope; `None` when their columns are unknown.
+    ctes: Vec<(String, Option<Vec<Out>>)>,
     touches: bool,
     stale: bool,
     configured: &'a [(String, String)],
@@ -197,6 +198,8 @@ struct Ctx<'c, 'a> {
     prepared_out: Option<(String, Vec<Option<Encrypted>>)>,
     /// Literals also used as plaintext (selected, written to plain columns).
     plain_uses: Vec<Range<usize>>,
+    /// Parameters also written to plain columns.
+    plain_params: Vec<usize>,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -260,9 +263,7 @@ pub fn analyze(
             continue;
         }
         let names_prepared = match stmt {
-            Statement::Execute { name: Some(n), .. } => {
-                prepared.contains_key(name_parts(n).last().map(String::as_str).unwrap_or(""))
-            }
+            Statement::Execute { name: Some(_), .. } => true,
             _ => false,
         };
         if !names_prepared && !watched.mentioned_in(stmt_text) {
@@ -288,6 +289,7 @@ pub fn analyze(
             replacements: Vec::new(),
             prepared_out: None,
             plain_uses: Vec::new(),
+            plain_params: Vec::new(),
         };
         let result = ctx.statement(stmt).and_then(|outputs| {
             if let Some(outs) = &outputs {
@@ -296,6 +298,12 @@ pub fn analyze(
                         ctx.plain_uses.extend(ls.iter().map(|l| l.range.clone()));
                     }
                 }
+            }
+            if let Some(n) = ctx.plain_params.iter().find(|n| ctx.params.contains_key(n)) {
+                return Err(Refusal::general(
+                    format!("parameter ${n} is used both for an encrypted column and as plaintext"),
+                    "plaintext_comparison",
+                ));
             }
             if let Some(e) = ctx.edits.iter().find(|e| ctx.plain_uses.contains(&e.range)) {
                 return Err(refuse_col(
@@ -376,6 +384,7 @@ pub fn view_columns(
         replacements: Vec::new(),
         prepared_out: None,
         plain_uses: Vec::new(),
+        plain_params: Vec::new(),
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -451,7 +460,33 @@ impl<'c, 'a> Ctx<'c, 'a> {
                                 "unsupported",
                             ));
                         }
-                        self.expr(&a.value, &scope)?;
+                        // The sources may still carry ciphertext into the
+                        // plain targets: check each source against none.
+                        let sources: Vec<Class> = match &a.value {
+                            Expr::Subquery(q) => match self.query(q, Some(&scope))? {
+                                Some(outs) => outs.into_iter().map(|o| o.class).collect(),
+                                None => {
+                                    if self.watched.mentioned_in(&q.to_string()) {
+                                        return Err(Refusal::general(
+                                            "a multi-column assignment from a subquery pgveil cannot analyse",
+                                            "unsupported",
+                                        ));
+                                    }
+                                    Vec::new()
+                                }
+                            },
+                            Expr::Tuple(items) => {
+                                let mut v = Vec::new();
+                                for e in items {
+                                    v.push(self.expr(e, &scope)?);
+                                }
+                                v
+                            }
+                            other => vec![self.expr(other, &scope)?],
+                        };
+                        for class in sources {
+                            self.assign(None, class)?;
+                        }
                         continue;
                     }
                     if is_default(&a.value) {
@@ -498,7 +533,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 data_types,
                 statement,
             } => {
-                self.statement(statement)?;
+                let outs = self.statement(statement)?;
+                refuse_origin_less(outs.as_deref(), "a prepared statement")?;
                 let count = self
                     .params
                     .keys()
@@ -539,7 +575,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
-                        self.query(q, None)?;
+                        let outs = self.query(q, None)?;
+                        refuse_origin_less(outs.as_deref(), "a cursor")?;
                     }
                 }
                 Ok(None)
@@ -552,9 +589,34 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 ))
             }
             Statement::CreateView(v) => {
-                // The view's own reads are judged when it is used.
+                // Its literals would be stored in the view definition: they
+                // are encrypted like any other, so the view compares ciphertext.
                 self.touches = true;
-                let _ = v;
+                let was_stale = self.stale;
+                self.query(&v.query, None)?;
+                if self.stale && !was_stale && !has_literals(&v.query.to_string()) {
+                    // Over a table created earlier in this same Query: with
+                    // no literal in it, the view stores nothing to encrypt;
+                    // it is mapped when the catalog is next read.
+                    self.stale = was_stale;
+                }
+                Ok(None)
+            }
+            Statement::CreateIndex(ci) => {
+                if let Some(pred) = &ci.predicate {
+                    let mut rels = Vec::new();
+                    let source = self.relation(&ci.table_name)?;
+                    rels.push(Rel {
+                        name: name_parts(&ci.table_name)
+                            .last()
+                            .cloned()
+                            .unwrap_or_default(),
+                        schema: None,
+                        source,
+                    });
+                    let scope = Scope { rels, parent: None };
+                    self.predicate(pred, &scope)?;
+                }
                 Ok(None)
             }
             Statement::CreateTable(ct) => {
@@ -572,10 +634,13 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     _ => (String::new(), String::new()),
                 };
                 for col in &ct.columns {
-                    let has_default = col
-                        .options
-                        .iter()
-                        .any(|o| matches!(o.option, sqlparser::ast::ColumnOption::Default(_)));
+                    let has_default = col.options.iter().any(|o| {
+                        matches!(
+                            o.option,
+                            sqlparser::ast::ColumnOption::Default(_)
+                                | sqlparser::ast::ColumnOption::Generated { .. }
+                        )
+                    });
                     if has_default && self.configured_column(&schema, &table, &norm(&col.name)) {
                         return Err(Refusal::on_column(
                             &format!("{schema}.{table}.{}", norm(&col.name)),
@@ -585,7 +650,21 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     }
                 }
                 if let Some(q) = &ct.query {
+                    if self.configured.iter().any(|(_, t)| *t == table) {
+                        return Err(Refusal::general(
+                            format!(
+                                "CREATE TABLE AS creating configured table {table} (its rows would not be encrypted); create it, then INSERT"
+                            ),
+                            "unsupported",
+                        ));
+                    }
                     let outs = self.query(q, None)?;
+                    if outs.is_none() && self.watched.mentioned_in(&q.to_string()) {
+                        return Err(Refusal::general(
+                            "CREATE TABLE AS over encrypted tables with columns pgveil cannot determine",
+                            "unsupported",
+                        ));
+                    }
                     if let Some(outs) = outs
                         && let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
                     {
@@ -647,11 +726,46 @@ impl<'c, 'a> Ctx<'c, 'a> {
                             } => (norm(column_name), true),
                             AlterTableOperation::AddColumn { column_def, .. } => (
                                 norm(&column_def.name),
-                                column_def
-                                    .options
-                                    .iter()
-                                    .any(|o| matches!(o.option, ColumnOption::Default(_))),
+                                column_def.options.iter().any(|o| {
+                                    matches!(
+                                        o.option,
+                                        ColumnOption::Default(_) | ColumnOption::Generated { .. }
+                                    )
+                                }),
                             ),
+                            AlterTableOperation::AlterColumn {
+                                column_name,
+                                op: AlterColumnOperation::SetDataType { .. },
+                            } => {
+                                let c = norm(column_name);
+                                if self.configured_column(&rel.schema, &rel.name, &c)
+                                    || rel.column(&c).is_some_and(|col| col.encrypted.is_some())
+                                {
+                                    return Err(Refusal::on_column(
+                                        &format!("{}.{}.{c}", rel.schema, rel.name),
+                                        "changing its type (a USING expression would write plaintext; see docs/SQL.md for the migration)",
+                                        "unsupported",
+                                    ));
+                                }
+                                continue;
+                            }
+                            AlterTableOperation::AddConstraint { .. } => {
+                                if rel.columns.iter().any(|c| {
+                                    c.encrypted.is_some()
+                                        && self.watched.mentioned_in(&format!(" {} ", c.name))
+                                        && op
+                                            .to_string()
+                                            .to_lowercase()
+                                            .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                                            .any(|w| w == c.name)
+                                }) {
+                                    return Err(Refusal::general(
+                                        "a constraint expression over encrypted columns (it would run on ciphertext; plaintext literals would be stored in the catalog)",
+                                        "function",
+                                    ));
+                                }
+                                continue;
+                            }
                             _ => continue,
                         };
                         let configured = self.configured_column(&rel.schema, &rel.name, &column)
@@ -668,7 +782,6 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 Ok(None)
             }
             Statement::Drop { .. }
-            | Statement::CreateIndex(_)
             | Statement::Truncate(_)
             | Statement::Comment { .. }
             | Statement::StartTransaction { .. }
@@ -760,8 +873,12 @@ impl<'c, 'a> Ctx<'c, 'a> {
             self.insert_source(src, targets.as_deref())?;
         }
         if let Some(OnInsert::OnConflict(oc)) = &ins.on {
-            if let Some(ConflictTarget::Columns { .. }) = &oc.conflict_target {
-                // Unique columns: equality inside the database, fine on ciphertext.
+            if let Some(ConflictTarget::Columns {
+                predicate: Some(pred),
+                ..
+            }) = &oc.conflict_target
+            {
+                self.predicate(pred, &scope)?;
             }
             if let OnConflictAction::DoUpdate(du) = &oc.action {
                 let mut rels = scope.rels.clone();
@@ -878,6 +995,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
             )),
             (None, Class::Lits(ls)) => {
                 self.plain_uses.extend(ls.into_iter().map(|l| l.range));
+                Ok(())
+            }
+            (None, Class::Param(n, _)) => {
+                self.plain_params.push(n);
                 Ok(())
             }
             (None, _) => Ok(()),
@@ -1023,7 +1144,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
         if schema.is_none()
             && let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == table)
         {
-            return Ok(RelSource::Derived(outs.clone()));
+            return Ok(match outs {
+                Some(o) => RelSource::Derived(o.clone()),
+                None => RelSource::Other,
+            });
         }
         let found = match &schema {
             Some(s) => self.catalog.relation(s, &table),
@@ -1039,6 +1163,17 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ));
                 }
                 Ok(RelSource::Catalog(r))
+            }
+            None if schema.is_none() && self.catalog.has_name(&table) => {
+                // A view or table over encrypted data exists under this name
+                // in a schema the known search path does not reach: the
+                // session's path may differ from the one pgveil read.
+                Err(Refusal::general(
+                    format!(
+                        "`{table}` names a relation over encrypted columns outside the search path pgveil knows; qualify it with its schema"
+                    ),
+                    "unsupported",
+                ))
             }
             None => {
                 let configured = self
@@ -1225,7 +1360,13 @@ impl<'c, 'a> Ctx<'c, 'a> {
             for cte in &with.cte_tables {
                 let outs = self.query(&cte.query, parent)?;
                 let outs = match outs {
-                    Some(o) => o,
+                    Some(o) => match apply_alias_columns(
+                        RelSource::Derived(o),
+                        Some(&cte.alias.columns[..]),
+                    ) {
+                        RelSource::Derived(o) => Some(o),
+                        _ => None,
+                    },
                     None => {
                         if self.watched.mentioned_in(&cte.query.to_string()) {
                             return Err(Refusal::general(
@@ -1233,15 +1374,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                                 "unsupported",
                             ));
                         }
-                        Vec::new()
+                        None
                     }
-                };
-                let outs = match apply_alias_columns(
-                    RelSource::Derived(outs),
-                    Some(&cte.alias.columns[..]),
-                ) {
-                    RelSource::Derived(o) => o,
-                    _ => Vec::new(),
                 };
                 self.ctes.push((norm(&cte.alias.name), outs));
             }
@@ -1320,6 +1454,34 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 }
                 if let Some(h) = &s.having {
                     self.predicate(h, &scope)?;
+                }
+                if let Some(into) = &s.into {
+                    let target = into
+                        .targets
+                        .iter()
+                        .map(|t| t.to_string().to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    if self.configured.iter().any(|(_, t)| {
+                        target
+                            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .any(|w| w == t)
+                    }) {
+                        return Err(Refusal::general(
+                            format!(
+                                "SELECT INTO creating configured table {target} (its rows would not be encrypted)"
+                            ),
+                            "unsupported",
+                        ));
+                    }
+                    if outs.iter().any(|o| o.name == "*")
+                        && self.watched.mentioned_in(&s.to_string())
+                    {
+                        return Err(Refusal::general(
+                            "SELECT INTO over encrypted tables with columns pgveil cannot determine",
+                            "unsupported",
+                        ));
+                    }
                 }
                 if s.into.is_some()
                     && let Some(o) = outs.iter().find(|o| matches!(o.class, Class::Enc { .. }))
@@ -2234,6 +2396,44 @@ impl<'c, 'a> Ctx<'c, 'a> {
     }
 }
 
+fn has_literals(sql: &str) -> bool {
+    snippet_tokens(sql).is_none_or(|tokens| {
+        tokens.iter().any(|t| {
+            matches!(
+                t,
+                Token::Number(..)
+                    | Token::SingleQuotedString(_)
+                    | Token::DollarQuotedString(_)
+                    | Token::EscapedStringLiteral(_)
+                    | Token::UnicodeStringLiteral(_)
+                    | Token::NationalStringLiteral(_)
+                    | Token::HexStringLiteral(_)
+                    | Token::SingleQuotedByteStringLiteral(_)
+                    | Token::DoubleQuotedByteStringLiteral(_)
+            )
+        })
+    })
+}
+
+/// Results that outlive the statement (cursors, prepared statements) reach
+/// the client through FETCH or EXECUTE, whose plans carry no positional
+/// hints: ciphertext whose origin PostgreSQL will not report is refused.
+fn refuse_origin_less(outs: Option<&[Out]>, what: &str) -> R<()> {
+    if let Some(o) = outs
+        .unwrap_or_default()
+        .iter()
+        .find(|o| matches!(o.class, Class::Enc { direct: false, .. }))
+        && let Class::Enc { col, .. } = &o.class
+    {
+        return Err(refuse_col(
+            col,
+            format!("{what} returning it without a column origin (UNION, scalar subquery)"),
+            "unsupported",
+        ));
+    }
+    Ok(())
+}
+
 fn is_number_literal(e: &Expr) -> bool {
     match e {
         Expr::Value(v) => matches!(v.value, Value::Number(..)),
@@ -2821,6 +3021,73 @@ mod tests {
     fn origin_less_ciphertext_beside_unknown_wildcard_is_refused() {
         let r = refused("select *, (select email from customers limit 1) from other_table");
         assert_eq!(r.reason, "unsupported");
+    }
+
+    #[test]
+    fn review_findings_fail_closed() {
+        // Unknown CTE columns flowing into encrypted targets.
+        assert!(run("with x as (select * from staging) insert into customers (id, email) select * from x").refusal.is_some());
+        assert!(
+            run("with x as (select * from staging) insert into customers (id, email) table x")
+                .refusal
+                .is_some()
+        );
+        // CREATE TABLE AS / SELECT INTO creating a configured table.
+        assert!(
+            run("create table customers as select 1 as id, 'x'::text as email")
+                .refusal
+                .is_some()
+        );
+        assert!(run("select * into leads from staging").refusal.is_some());
+        // Type changes and generated columns on encrypted columns.
+        assert!(
+            run("alter table leads alter column email type bytea using 'x'::bytea")
+                .refusal
+                .is_some()
+        );
+        assert!(run("create table leads (id int, name text, email text generated always as (name || '') stored)").refusal.is_some());
+        // Constraint expressions over encrypted columns.
+        assert!(
+            run("alter table customers add constraint c check (email <> 'x')")
+                .refusal
+                .is_some()
+        );
+        // Literals in a view definition or an index predicate are encrypted.
+        let sql = "create view v13 as select id from customers where email = 'p13'";
+        assert_eq!(ok_edits(sql), vec!["'p13'"]);
+        assert_eq!(
+            ok_edits("create index i on customers (id) where email = 'p14'"),
+            vec!["'p14'"]
+        );
+        assert_eq!(
+            ok_edits(
+                "insert into customers (id, email) values (1, 'a') on conflict (id) where email <> 'p27' do nothing"
+            ),
+            vec!["'a'", "'p27'"]
+        );
+        // Cursors and prepared statements cannot carry positional hints.
+        assert!(
+            run("declare c cursor for select email from customers union select email from leads")
+                .refusal
+                .is_some()
+        );
+        assert!(
+            run("prepare p as select email from customers union select email from leads")
+                .refusal
+                .is_some()
+        );
+        // Ciphertext copied into plain targets through a tuple assignment.
+        assert!(
+            run("update customers set (id, score) = (select 1, email from customers c2 limit 1)")
+                .refusal
+                .is_some()
+        );
+        // A parameter used for an encrypted column and a plain one.
+        assert!(
+            run("prepare q as insert into customers (email, score) values ($1, $1)")
+                .refusal
+                .is_some()
+        );
     }
 
     #[test]
