@@ -262,10 +262,7 @@ pub fn analyze(
             });
             continue;
         }
-        let names_prepared = match stmt {
-            Statement::Execute { name: Some(_), .. } => true,
-            _ => false,
-        };
+        let names_prepared = matches!(stmt, Statement::Execute { name: Some(_), .. });
         if !names_prepared && !watched.mentioned_in(stmt_text) {
             analysis.statements.push(StatementPlan {
                 range,
