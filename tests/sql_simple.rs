@@ -617,4 +617,24 @@ async fn session_level_review_findings_fail_closed() {
     );
     let rows = d.query("SELECT phone FROM customers", &[]).await.unwrap();
     assert!(!plaintext_stored(rows), "plaintext stored");
+
+    // Writing through the unconfigured parent of a configured table.
+    c.batch_execute("CREATE TABLE parent_t (id int, secret bytea)")
+        .await
+        .unwrap();
+    c.batch_execute("CREATE TABLE crm_new () INHERITS (parent_t)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO crm_new VALUES (1, 'kid-secret')")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute("UPDATE parent_t SET secret = 'PLAIN_E16' WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert!(c.batch_execute("SELECT * FROM parent_t").await.is_err());
+    let rows = d.query("SELECT secret FROM crm_new", &[]).await.unwrap();
+    let stored: Vec<u8> = rows[0].get(0);
+    assert_eq!(stored[0], 1);
 }

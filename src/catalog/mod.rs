@@ -120,6 +120,8 @@ pub struct Catalog {
     pub defaults: Vec<ColumnId>,
     /// Identifies this load, for caches keyed on it (0 until set).
     pub generation: u64,
+    /// Unconfigured ancestors of configured tables.
+    ancestors: Vec<u32>,
 }
 
 /// Errors turning catalog rows into facts.
@@ -194,7 +196,17 @@ pub fn load_query(config: &Config) -> String {
          FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid WHERE c.relkind IN ('v', 'm') ORDER BY 1; \
          SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i; \
          {rels} SELECT i.inhrelid::pg_catalog.int8, i.inhparent::pg_catalog.int8 \
-         FROM pg_catalog.pg_inherits i JOIN rels ON rels.oid = i.inhrelid ORDER BY 1"
+         FROM pg_catalog.pg_inherits i JOIN rels ON rels.oid = i.inhrelid ORDER BY 1; \
+         WITH RECURSIVE anc(oid) AS (SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid IN ({base}) \
+         UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN anc ON i.inhrelid = anc.oid) \
+         SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
+         c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
+         t.typname::pg_catalog.text, a.atthasdef \
+         FROM anc JOIN pg_catalog.pg_class c ON c.oid = anc.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         ORDER BY 1, 5"
     )
 }
 
@@ -335,7 +347,69 @@ impl Catalog {
                 break;
             }
         }
+        // Ancestors of configured tables that are not configured themselves:
+        // their rows mix plaintext (their own) and ciphertext (the child's),
+        // so the shared columns are unusable through them.
+        let ancestors = results.get(4).unwrap_or(&empty);
+        let encrypted_names: Vec<(String, Encrypted)> = catalog
+            .relations
+            .iter()
+            .flat_map(|r| r.columns.iter())
+            .filter_map(|c| c.encrypted.clone().map(|e| (c.name.clone(), e)))
+            .collect();
+        for row in ancestors {
+            let oid: u32 = cell(row, 0)?
+                .parse()
+                .map_err(|_| CatalogError::Row("ancestor oid".into()))?;
+            if catalog.by_oid.contains_key(&oid) && !catalog.pending_ancestor(oid) {
+                continue;
+            }
+            let idx = match catalog.by_oid.get(&oid) {
+                Some(i) => *i,
+                None => {
+                    catalog.relations.push(Relation {
+                        oid,
+                        schema: cell(row, 1)?.to_string(),
+                        name: cell(row, 2)?.to_string(),
+                        kind: RelationKind::Table,
+                        columns: Vec::new(),
+                        opaque: None,
+                        definition: None,
+                    });
+                    let i = catalog.relations.len() - 1;
+                    catalog.by_oid.insert(oid, i);
+                    catalog
+                        .by_name
+                        .insert((cell(row, 1)?.to_string(), cell(row, 2)?.to_string()), i);
+                    catalog.ancestors.push(oid);
+                    i
+                }
+            };
+            let name = cell(row, 5)?.to_string();
+            let encrypted = encrypted_names
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, e)| Encrypted {
+                    storage: StorageState::Unsupported(
+                        "a parent table of an encrypted column (its rows mix plaintext and ciphertext)".into(),
+                    ),
+                    ..e.clone()
+                });
+            catalog.relations[idx].columns.push(Column {
+                attnum: cell(row, 4)?
+                    .parse()
+                    .map_err(|_| CatalogError::Row("attnum".into()))?,
+                name,
+                type_name: cell(row, 6)?.to_string(),
+                has_default: cell(row, 7)? == "t",
+                encrypted,
+            });
+        }
         Ok(catalog)
+    }
+
+    fn pending_ancestor(&self, oid: u32) -> bool {
+        self.ancestors.contains(&oid)
     }
 
     /// A relation by schema and name.

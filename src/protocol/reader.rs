@@ -89,6 +89,18 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated byte string, without its NUL, in any encoding.
+    pub fn cbytes(&mut self) -> Result<&'a [u8], ReadError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(ReadError::Unterminated)?;
+        let s = &self.buf[..end];
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
     /// Fails if any bytes are left.
     pub fn finish(&self) -> Result<(), ReadError> {
         if self.buf.is_empty() {

@@ -471,9 +471,20 @@ async fn on_query<W: AsyncWrite + Unpin>(
     frame: &[u8],
 ) -> Result<BytesMut, SessionError> {
     let started = Instant::now();
-    let text = match query::decode(frame) {
-        Ok(t) => t,
+    let bytes = match query::decode_bytes(frame) {
+        Ok(b) => b,
         Err(e) => return Err(SessionError::Protocol(format!("malformed Query: {e}"))),
+    };
+    // pgveil reads SQL as UTF-8. Text in another client encoding is
+    // scanned as far as it can be (names are ASCII): if it names nothing
+    // watched it passes untouched, else it is refused below.
+    let lossy;
+    let (text, utf8_text) = match std::str::from_utf8(bytes) {
+        Ok(t) => (t, true),
+        Err(_) => {
+            lossy = String::from_utf8_lossy(bytes).into_owned();
+            (lossy.as_str(), false)
+        }
     };
     let shared = &veil.shared;
     let enc = shared.encryption();
@@ -516,7 +527,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         let st = veil.state();
         (st.utf8, st.settings_in_flight)
     };
-    if !utf8 {
+    if !utf8 || !utf8_text {
         let r = Refusal::general(
             "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
             "unparsed",

@@ -2485,6 +2485,17 @@ fn alias_ref<'o>(e: &Expr, outs: &'o [Out]) -> Option<&'o Out> {
 }
 
 fn relation_outputs(r: &Relation) -> R<Vec<Out>> {
+    if let Some(e) = r.columns.iter().find_map(|c| {
+        c.encrypted
+            .as_ref()
+            .filter(|e| matches!(e.storage, StorageState::Unsupported(_)))
+    }) && let StorageState::Unsupported(why) = &e.storage
+    {
+        return Err(Refusal::general(
+            format!("all columns of {}.{}, which is {why}", r.schema, r.name),
+            "storage",
+        ));
+    }
     Ok(r.columns
         .iter()
         .map(|c| Out {

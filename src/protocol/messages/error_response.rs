@@ -59,7 +59,8 @@ impl ErrorResponse {
             (b'S', self.severity.as_str().to_string()),
             (b'V', self.severity.as_str().to_string()),
             (b'C', self.code.to_string()),
-            (b'M', self.message.clone()),
+            // A NUL would end the field early and corrupt the frame.
+            (b'M', self.message.replace('\0', "?")),
         ]);
         let start = buf.len();
         if msg.encode(buf).is_err() {

@@ -14,6 +14,16 @@ pub fn decode(frame: &[u8]) -> Result<&str, ReadError> {
     Ok(text)
 }
 
+/// The SQL bytes of a whole Query frame, in whatever client encoding.
+pub fn decode_bytes(frame: &[u8]) -> Result<&[u8], ReadError> {
+    let mut r = Reader::new(frame);
+    let _tag = r.u8()?;
+    let _len = r.i32()?;
+    let text = r.cbytes()?;
+    r.finish()?;
+    Ok(text)
+}
+
 /// A Query frame for `text`.
 pub fn encode(text: &str) -> BytesMut {
     let mut b = BytesMut::with_capacity(text.len() + 6);
