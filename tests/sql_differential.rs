@@ -93,15 +93,7 @@ fn statements(sql: &str) -> Vec<String> {
 /// Drops and creates database `name` (separate statements: neither may run
 /// in a transaction block).
 async fn fresh_db(pg: &PgCluster, name: &str) {
-    let admin = pg.connect().await;
-    admin
-        .simple_query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .simple_query(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    pg.fresh_database(name).await;
 }
 
 async fn connect_via(conn_str: &str, db: &str) -> Client {

@@ -38,15 +38,7 @@ column = "secret"
 
 /// Creates a fresh database with the fixture schema; returns its name.
 async fn fixture(pg: &PgCluster, name: &str) -> String {
-    let admin = pg.connect().await;
-    admin
-        .simple_query(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .simple_query(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    pg.fresh_database(name).await;
     name.to_string()
 }
 

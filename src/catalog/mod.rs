@@ -240,21 +240,7 @@ impl Catalog {
                         "r" | "p" => RelationKind::Table,
                         _ => RelationKind::View,
                     };
-                    catalog.relations.push(Relation {
-                        oid,
-                        schema: cell(row, 1)?.to_string(),
-                        name: cell(row, 2)?.to_string(),
-                        kind,
-                        columns: Vec::new(),
-                        opaque: None,
-                        definition: None,
-                    });
-                    let i = catalog.relations.len() - 1;
-                    catalog.by_oid.insert(oid, i);
-                    catalog
-                        .by_name
-                        .insert((cell(row, 1)?.to_string(), cell(row, 2)?.to_string()), i);
-                    i
+                    catalog.add_relation(oid, cell(row, 1)?, cell(row, 2)?, kind)
                 }
             };
             let attnum: i16 = cell(row, 4)?
@@ -367,22 +353,8 @@ impl Catalog {
             let idx = match catalog.by_oid.get(&oid) {
                 Some(i) => *i,
                 None => {
-                    catalog.relations.push(Relation {
-                        oid,
-                        schema: cell(row, 1)?.to_string(),
-                        name: cell(row, 2)?.to_string(),
-                        kind: RelationKind::Table,
-                        columns: Vec::new(),
-                        opaque: None,
-                        definition: None,
-                    });
-                    let i = catalog.relations.len() - 1;
-                    catalog.by_oid.insert(oid, i);
-                    catalog
-                        .by_name
-                        .insert((cell(row, 1)?.to_string(), cell(row, 2)?.to_string()), i);
                     catalog.ancestors.push(oid);
-                    i
+                    catalog.add_relation(oid, cell(row, 1)?, cell(row, 2)?, RelationKind::Table)
                 }
             };
             let name = cell(row, 5)?.to_string();
@@ -406,6 +378,24 @@ impl Catalog {
             });
         }
         Ok(catalog)
+    }
+
+    /// Registers a relation with no columns yet; returns its index.
+    fn add_relation(&mut self, oid: u32, schema: &str, name: &str, kind: RelationKind) -> usize {
+        self.relations.push(Relation {
+            oid,
+            schema: schema.to_string(),
+            name: name.to_string(),
+            kind,
+            columns: Vec::new(),
+            opaque: None,
+            definition: None,
+        });
+        let i = self.relations.len() - 1;
+        self.by_oid.insert(oid, i);
+        self.by_name
+            .insert((schema.to_string(), name.to_string()), i);
+        i
     }
 
     fn pending_ancestor(&self, oid: u32) -> bool {

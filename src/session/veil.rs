@@ -126,6 +126,9 @@ struct State {
     settings_in_flight: usize,
     /// Set by the client pump for the next queued Query.
     next_changes_settings: bool,
+    /// The watched names for (catalog generation, config generation):
+    /// built once, not per statement.
+    watched: Option<((u64, u64), Arc<Watched>)>,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -223,6 +226,7 @@ pub async fn run(
             utf8: true,
             settings_in_flight: 0,
             next_changes_settings: false,
+            watched: None,
         }),
     };
     if String::from_utf8_lossy(startup_packet)
@@ -271,6 +275,42 @@ async fn flush<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The names that send a statement to the analyzer, for this catalog and
+/// configuration, cached in the session.
+fn watched_for(
+    veil: &Veil,
+    catalog: Option<&Arc<Catalog>>,
+    enc: &crate::server::Encryption,
+) -> Arc<Watched> {
+    let key = (catalog.map_or(0, |c| c.generation), enc.generation);
+    if let Some((k, w)) = &veil.state().watched
+        && *k == key
+        && key.0 != 0
+    {
+        return w.clone();
+    }
+    let empty = Catalog::default();
+    let w = Arc::new(Watched::new(
+        catalog.map_or(&empty, |c| c.as_ref()),
+        &enc.configured,
+        &enc.encrypted_columns,
+    ));
+    veil.state().watched = Some((key, w.clone()));
+    w
+}
+
+/// A pump's byte counter, read buffer and output buffer.
+fn pump_state(veil: &Veil, direction: &str) -> (prometheus::IntCounter, BytesMut, BytesMut) {
+    (
+        veil.shared
+            .metrics
+            .bytes_total
+            .with_label_values(&[direction]),
+        BytesMut::with_capacity(READ_BUFFER),
+        BytesMut::with_capacity(READ_BUFFER),
+    )
+}
+
 /// Client → server. Returns the frame error that ended it, if any.
 async fn client_pump<R, W>(
     veil: &Veil,
@@ -282,13 +322,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let bytes_total = veil
-        .shared
-        .metrics
-        .bytes_total
-        .with_label_values(&["client_to_server"]);
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    let (bytes_total, mut buf, mut out) = pump_state(veil, "client_to_server");
     let mut started = false;
     loop {
         loop {
@@ -492,15 +526,12 @@ async fn on_query<W: AsyncWrite + Unpin>(
     if catalog.is_none() {
         catalog = ensure_catalog(veil, writer).await;
     }
-    let watched = match &catalog {
-        Some(c) => Watched::new(c, &enc.configured, &enc.encrypted_columns),
-        None => Watched::new(&Catalog::default(), &enc.configured, &enc.encrypted_columns),
-    };
-    if text.to_ascii_lowercase().contains("search_path") {
+    let watched = watched_for(veil, catalog.as_ref(), &enc);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("search_path") {
         // Name resolution may change: this session gets a catalog of its own.
         veil.make_key_private();
     }
-    let lower = text.to_ascii_lowercase();
     let changes_settings = [
         "standard_conforming_strings",
         "client_encoding",
@@ -884,10 +915,7 @@ fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
     let shared = &veil.shared;
     let enc = shared.encryption();
     let catalog = shared.catalog_cached(&veil.key());
-    let watched = match &catalog {
-        Some(c) => Watched::new(c, &enc.configured, &enc.encrypted_columns),
-        None => Watched::new(&Catalog::default(), &enc.configured, &enc.encrypted_columns),
-    };
+    let watched = watched_for(veil, catalog.as_ref(), &enc);
     if !scan::needs_analysis(parsed.query, &watched, &[]) {
         veil.state()
             .parsed
@@ -945,13 +973,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let bytes_total = veil
-        .shared
-        .metrics
-        .bytes_total
-        .with_label_values(&["server_to_client"]);
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut out = BytesMut::with_capacity(READ_BUFFER);
+    let (bytes_total, mut buf, mut out) = pump_state(veil, "server_to_client");
     loop {
         loop {
             let (all, rows) = {

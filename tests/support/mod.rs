@@ -208,6 +208,20 @@ impl PgCluster {
         connect(&self.conn_str()).await
     }
 
+    /// Drops and creates database `name` (separate statements: neither may
+    /// run in a transaction block).
+    pub async fn fresh_database(&self, name: &str) {
+        let admin = self.connect().await;
+        admin
+            .simple_query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        admin
+            .simple_query(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+
     /// Runs SQL as superuser straight on the server (simple protocol).
     pub async fn execute(&self, sql: &str) {
         self.connect().await.batch_execute(sql).await.unwrap();
