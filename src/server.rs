@@ -65,6 +65,9 @@ pub struct Encryption {
     pub configured: Vec<(String, String)>,
     /// Configured columns as `(schema, table, column)`.
     pub encrypted_columns: Vec<(String, String, String)>,
+    /// The encrypted columns with their types, domains and storage: equal
+    /// across a reload that changes none of them.
+    pub columns_signature: String,
 }
 
 impl Encryption {
@@ -90,8 +93,24 @@ impl Encryption {
                 (id.schema, id.table, id.column)
             })
             .collect();
+        let mut entries: Vec<String> = config
+            .encrypt
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}:{}:{:?}",
+                    c.id(),
+                    c.value_type.name(),
+                    c.domain_name(),
+                    c.storage
+                )
+            })
+            .collect();
+        entries.sort();
+        let columns_signature = entries.join(";");
         Ok(Encryption {
             generation,
+            columns_signature,
             config,
             keyring,
             configured,
@@ -109,12 +128,46 @@ fn declare_columns(metrics: &Metrics, encryption: &Encryption) {
     metrics.declare_columns(names.iter().map(String::as_str));
 }
 
-/// Bounded cache of statement analyses: the same statement text against
-/// the same catalog always analyses the same way.
+/// Least-recently-used cache of analyses: a hot statement is analysed once
+/// per process, whichever session sends it.
 #[derive(Default)]
 struct PlanCache {
-    map: HashMap<(u64, String), Arc<Analysis>>,
-    order: std::collections::VecDeque<(u64, String)>,
+    /// Analysis and last-use stamp by key.
+    map: HashMap<PlanKey, (Arc<Analysis>, u64)>,
+    /// Keys by last-use stamp, oldest first.
+    order: std::collections::BTreeMap<u64, PlanKey>,
+    clock: u64,
+}
+
+/// Catalog generation (database, user or search_path, configuration) and
+/// statement text: everything an analysis depends on.
+type PlanKey = (u64, String);
+
+impl PlanCache {
+    fn get(&mut self, key: &PlanKey) -> Option<Arc<Analysis>> {
+        self.clock += 1;
+        let clock = self.clock;
+        let (analysis, stamp) = self.map.get_mut(key)?;
+        let old = std::mem::replace(stamp, clock);
+        if let Some(k) = self.order.remove(&old) {
+            self.order.insert(clock, k);
+        }
+        Some(analysis.clone())
+    }
+
+    fn insert(&mut self, key: PlanKey, analysis: Arc<Analysis>) {
+        self.clock += 1;
+        while self.map.len() >= PLAN_CACHE_ENTRIES {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+        if let Some((_, old)) = self.map.insert(key.clone(), (analysis, self.clock)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(self.clock, key);
+    }
 }
 
 /// Entries kept in the plan cache.
@@ -227,21 +280,30 @@ impl Shared {
         configured: &[(String, String)],
         prepared: &HashMap<String, Vec<Option<Encrypted>>>,
     ) -> Arc<Analysis> {
+        // Only prepared statements the text names (EXECUTE) affect the
+        // analysis; a statement naming none is cacheable.
+        let named: HashMap<String, Vec<Option<Encrypted>>> = if prepared.is_empty() {
+            HashMap::new()
+        } else {
+            let lower = text.to_lowercase();
+            let words: std::collections::HashSet<&str> = lower
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .collect();
+            prepared
+                .iter()
+                .filter(|(k, _)| words.contains(k.to_lowercase().as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
         let cacheable =
-            prepared.is_empty() && catalog.generation != 0 && text.len() <= PLAN_CACHE_MAX_TEXT;
+            named.is_empty() && catalog.generation != 0 && text.len() <= PLAN_CACHE_MAX_TEXT;
         let key = (catalog.generation, text.to_string());
-        if cacheable
-            && let Some(hit) = self
-                .plans
-                .lock()
-                .ok()
-                .and_then(|c| c.map.get(&key).cloned())
-        {
+        if cacheable && let Some(hit) = self.plans.lock().ok().and_then(|mut c| c.get(&key)) {
             self.metrics.plan_cache_hits_total.inc();
             return hit;
         }
         self.metrics.plan_cache_misses_total.inc();
-        let analysis = Arc::new(analyze(text, catalog, watched, configured, prepared));
+        let analysis = Arc::new(analyze(text, catalog, watched, configured, &named));
         let session_specific = analysis
             .statements
             .iter()
@@ -251,13 +313,7 @@ impl Shared {
             && !session_specific
             && let Ok(mut cache) = self.plans.lock()
         {
-            if cache.order.len() >= PLAN_CACHE_ENTRIES
-                && let Some(old) = cache.order.pop_front()
-            {
-                cache.map.remove(&old);
-            }
-            cache.order.push_back(key.clone());
-            cache.map.insert(key, analysis.clone());
+            cache.insert(key, analysis.clone());
         }
         analysis
     }

@@ -5,6 +5,7 @@
 //! this module mostly finds frame boundaries ([`framer`]); it decodes only the
 //! startup packet ([`startup`]) and the few messages it must inspect.
 
+pub mod array;
 pub mod framer;
 pub mod messages;
 pub mod reader;

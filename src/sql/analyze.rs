@@ -61,6 +61,8 @@ pub struct StatementPlan {
     pub prepared: Option<(String, Vec<Option<Encrypted>>)>,
     /// `DEALLOCATE name` (`None` inside: `DEALLOCATE ALL`).
     pub deallocated: Option<Option<String>>,
+    /// Parameters (`$n`) bound to encrypted columns, by number.
+    pub params: BTreeMap<usize, ParamBinding>,
 }
 
 /// The analysis of one simple Query (possibly several statements).
@@ -128,13 +130,37 @@ struct Lit {
 enum Class {
     Plain,
     Null,
-    /// `$n`, and whether the SQL casts it.
-    Param(usize, bool),
+    /// `$n` parameters (several when they meet in a VALUES column), and the
+    /// casts written on them.
+    Params(Vec<usize>, Vec<CastSite>),
     Lits(Vec<Lit>),
     Enc {
         col: Encrypted,
         direct: bool,
     },
+}
+
+/// A cast written on a parameter (`$1::text`, `CAST(p0 AS varchar)`): if
+/// the parameter is bound to an encrypted column, the cast is rewritten to
+/// the storage type so the database accepts the ciphertext.
+#[derive(Debug, Clone)]
+struct CastSite {
+    /// The whole cast expression.
+    range: Range<usize>,
+    /// The expression under the outermost chain of casts.
+    base: Range<usize>,
+    /// The type cast to, as written (lower case).
+    to: String,
+}
+
+/// A parameter bound to an encrypted column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamBinding {
+    /// The column whose cipher applies.
+    pub column: Encrypted,
+    /// The parameter is an array whose elements are compared with the
+    /// column (`col = ANY($1)`).
+    pub array: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -191,7 +217,7 @@ struct Ctx<'c, 'a> {
     stale: bool,
     configured: &'a [(String, String)],
     /// Parameters bound to encrypted columns, by number.
-    params: BTreeMap<usize, Encrypted>,
+    params: BTreeMap<usize, ParamBinding>,
     /// SQL-level prepared statements of this session.
     prepared: &'a HashMap<String, Vec<Option<Encrypted>>>,
     replacements: Vec<(Range<usize>, String)>,
@@ -291,8 +317,12 @@ pub fn analyze(
         let result = ctx.statement(stmt).and_then(|outputs| {
             if let Some(outs) = &outputs {
                 for o in outs {
-                    if let Class::Lits(ls) = &o.class {
-                        ctx.plain_uses.extend(ls.iter().map(|l| l.range.clone()));
+                    match &o.class {
+                        Class::Lits(ls) => {
+                            ctx.plain_uses.extend(ls.iter().map(|l| l.range.clone()));
+                        }
+                        Class::Params(ns, _) => ctx.plain_params.extend(ns.iter().copied()),
+                        _ => {}
                     }
                 }
             }
@@ -336,6 +366,7 @@ pub fn analyze(
                     sets_search_path: sets_search_path(stmt),
                     prepared: ctx.prepared_out,
                     deallocated: None,
+                    params: ctx.params,
                 });
             }
             Err(r) => {
@@ -539,8 +570,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     .copied()
                     .unwrap_or(0)
                     .max(data_types.len());
-                let spec: Vec<Option<Encrypted>> =
-                    (1..=count).map(|n| self.params.get(&n).cloned()).collect();
+                if self.params.values().any(|b| b.array) {
+                    return Err(Refusal::general(
+                        "an array parameter compared with an encrypted column in PREPARE",
+                        "unsupported",
+                    ));
+                }
+                let spec: Vec<Option<Encrypted>> = (1..=count)
+                    .map(|n| self.params.get(&n).map(|b| b.column.clone()))
+                    .collect();
                 if !data_types.is_empty() && spec.iter().any(Option::is_some) {
                     self.retype_parameters(name, data_types.len(), &spec)?;
                 }
@@ -976,10 +1014,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ))
                 }
             }
-            (Some(t), Class::Param(n, false)) => self.bind_param(n, t),
-            (Some(t), Class::Param(_, true)) => {
-                Err(refuse_col(t, "a cast parameter", "unsupported"))
-            }
+            (Some(t), Class::Params(ns, casts)) => self.bind_params(&ns, &casts, t, false),
             (Some(t), Class::Plain) => Err(refuse_col(
                 t,
                 "writing a value pgveil cannot see (an expression or plaintext column)",
@@ -994,8 +1029,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 self.plain_uses.extend(ls.into_iter().map(|l| l.range));
                 Ok(())
             }
-            (None, Class::Param(n, _)) => {
-                self.plain_params.push(n);
+            (None, Class::Params(ns, _)) => {
+                self.plain_params.extend(ns);
                 Ok(())
             }
             (None, _) => Ok(()),
@@ -1055,22 +1090,85 @@ impl<'c, 'a> Ctx<'c, 'a> {
         Ok(())
     }
 
-    fn bind_param(&mut self, n: usize, col: &Encrypted) -> R<()> {
+    /// Binds parameters to an encrypted column (as arrays of its values
+    /// for `= ANY`), rewriting the casts written on them to the storage type.
+    fn bind_params(
+        &mut self,
+        ns: &[usize],
+        casts: &[CastSite],
+        col: &Encrypted,
+        array: bool,
+    ) -> R<()> {
         self.check_storage(col)?;
-        match self.params.get(&n) {
-            Some(prev) if prev.domain != col.domain || prev.value_type != col.value_type => {
-                Err(refuse_col(
-                    col,
-                    format!("parameter ${n} used for two key domains"),
-                    "mixed_domains",
-                ))
-            }
-            Some(_) => Ok(()),
-            None => {
-                self.params.insert(n, col.clone());
-                Ok(())
+        for &n in ns {
+            match self.params.get(&n) {
+                Some(prev)
+                    if prev.column.domain != col.domain
+                        || prev.column.value_type != col.value_type
+                        || prev.column.storage != col.storage
+                        || prev.array != array =>
+                {
+                    return Err(refuse_col(
+                        col,
+                        format!("parameter ${n} used for two key domains or types"),
+                        "mixed_domains",
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.params.insert(
+                        n,
+                        ParamBinding {
+                            column: col.clone(),
+                            array,
+                        },
+                    );
+                }
             }
         }
+        let storage = match col.storage {
+            StorageState::Bytea => "bytea",
+            _ => "text",
+        };
+        for c in casts {
+            let to = c.to.trim();
+            let (elem, is_array) = match to.strip_suffix("[]") {
+                Some(e) => (e.trim(), true),
+                None => (to, false),
+            };
+            let elem = match elem.split_once('(') {
+                // A length on a text type (`varchar(255)`) would truncate
+                // ciphertext; the cast is rewritten, so it cannot.
+                Some((base, _)) if matches!(col.value_type, ValueType::Text | ValueType::Varchar) => {
+                    base.trim()
+                }
+                _ => elem,
+            };
+            if is_array != array || !cast_fits(elem, col.value_type) {
+                return Err(refuse_col(
+                    col,
+                    format!("a parameter cast to {}", c.to),
+                    "function",
+                ));
+            }
+            let base = self.source.text.get(c.base.clone()).ok_or_else(|| {
+                Refusal::general("a cast parameter pgveil cannot locate", "unparsed")
+            })?;
+            let suffix = if array { "[]" } else { "" };
+            let text = format!("CAST(({base}) AS {storage}{suffix})");
+            if let Some(prev) = self.replacements.iter().find(|(r, _)| *r == c.range) {
+                if prev.1 != text {
+                    return Err(refuse_col(
+                        col,
+                        "one cast parameter flowing into two storage types",
+                        "mixed_domains",
+                    ));
+                }
+                continue;
+            }
+            self.replacements.push((c.range.clone(), text));
+        }
+        Ok(())
     }
 
     fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted) -> R<()> {
@@ -1629,6 +1727,18 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             (Class::Lits(a), Class::Null) | (Class::Null, Class::Lits(a)) => Class::Lits(a),
             (Class::Null, Class::Null) => Class::Null,
+            (Class::Params(mut a, mut ca), Class::Params(b, cb)) => {
+                a.extend(b);
+                ca.extend(cb);
+                Class::Params(a, ca)
+            }
+            (Class::Params(a, ca), Class::Null) | (Class::Null, Class::Params(a, ca)) => {
+                Class::Params(a, ca)
+            }
+            (Class::Params(a, _), _) | (_, Class::Params(a, _)) => {
+                self.plain_params.extend(a);
+                Class::Plain
+            }
             _ => Class::Plain,
         })
     }
@@ -1875,14 +1985,17 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 Ok(())
             }
             (Class::Enc { .. }, Class::Null) | (Class::Null, Class::Enc { .. }) => Ok(()),
-            (Class::Enc { col, .. }, Class::Param(n, false))
-            | (Class::Param(n, false), Class::Enc { col, .. }) => self.bind_param(n, &col),
-            (Class::Enc { col, .. }, Class::Param(_, true))
-            | (Class::Param(_, true), Class::Enc { col, .. }) => Err(refuse_col(
-                &col,
-                format!("`{op}` with a cast parameter"),
-                "unsupported",
-            )),
+            (Class::Enc { col, .. }, Class::Params(ns, casts))
+            | (Class::Params(ns, casts), Class::Enc { col, .. }) => {
+                self.bind_params(&ns, &casts, &col, false)
+            }
+            (Class::Params(ns, _), _) | (_, Class::Params(ns, _)) => {
+                // Compared with something that is not encrypted: if the
+                // same parameter is also bound to an encrypted column, the
+                // statement is refused (it cannot be both).
+                self.plain_params.extend(ns);
+                Ok(())
+            }
             (Class::Enc { col, .. }, Class::Plain) | (Class::Plain, Class::Enc { col, .. }) => {
                 Err(refuse_col(
                     &col,
@@ -1925,6 +2038,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
             Expr::Value(v) => {
                 let i = src.token_at(v.span.start)?;
                 Some((i, i))
+            }
+            Expr::Identifier(i) => {
+                let t = src.token_at(i.span.start)?;
+                matches!(src.token(t)?, Token::Word(_)).then_some((t, t))
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let a = src.token_at(parts.first()?.span.start)?;
+                let b = src.token_at(parts.last()?.span.start)?;
+                (b >= a && b - a == 2 * (parts.len() - 1)).then_some((a, b))
             }
             Expr::Nested(inner) => {
                 let (a, b) = self.extent(inner)?;
@@ -2010,7 +2132,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         .ok_or_else(|| {
                             Refusal::general("a parameter pgveil cannot read", "unparsed")
                         })?;
-                    return Ok(Class::Param(n, false));
+                    return Ok(Class::Params(vec![n], Vec::new()));
                 }
                 _ => {}
             }
@@ -2169,6 +2291,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         Expr::Nested(n) => matches!(n.as_ref(), Expr::Array(_)),
                         _ => false,
                     };
+                    if let (Class::Enc { col, .. }, Class::Params(ns, casts), false) =
+                        (&l, &r, array_constructor)
+                    {
+                        // `col = ANY($1)`: an array parameter, encrypted
+                        // element by element.
+                        self.bind_params(ns, casts, col, true)?;
+                        continue;
+                    }
                     if let (Class::Enc { col, .. }, false) = (&l, array_constructor) {
                         return Err(refuse_col(
                             col,
@@ -2222,7 +2352,38 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     format!("a cast to {data_type}"),
                     "function",
                 )),
-                Class::Param(n, _) => Ok(Class::Param(n, true)),
+                Class::Params(ns, casts) => {
+                    let Some(range) = self.extent(e).and_then(|(a, b)| self.source.range(a, b))
+                    else {
+                        return Err(Refusal::general(
+                            "a cast parameter pgveil cannot locate",
+                            "unparsed",
+                        ));
+                    };
+                    let to = data_type.to_string().to_lowercase();
+                    let casts = if casts.is_empty() {
+                        let Some(base) = self.extent(expr).and_then(|(a, b)| self.source.range(a, b))
+                        else {
+                            return Err(Refusal::general(
+                                "a cast parameter pgveil cannot locate",
+                                "unparsed",
+                            ));
+                        };
+                        vec![CastSite { range, base, to }]
+                    } else {
+                        // A cast of a cast: the outermost one is rewritten,
+                        // around the innermost expression.
+                        casts
+                            .into_iter()
+                            .map(|c| CastSite {
+                                range: range.clone(),
+                                base: c.base,
+                                to: to.clone(),
+                            })
+                            .collect()
+                    };
+                    Ok(Class::Params(ns, casts))
+                }
                 _ => Ok(Class::Plain),
             },
             Expr::UnaryOp { op, expr } => match self.expr(expr, scope)? {

@@ -3,6 +3,7 @@
 
 pub mod data_row;
 pub mod error_response;
+pub mod extended;
 pub mod parameter_status;
 pub mod parse;
 pub mod query;

@@ -10,6 +10,8 @@
 //! its first statement, with an internal Query whose responses the server
 //! pump consumes instead of forwarding.
 
+mod extended;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use super::SessionError;
 use crate::catalog::{self, Catalog, Encrypted, Rows};
 use crate::crypto::{Format, Keyring, SessionSettings};
 use crate::protocol::messages::{
-    ErrorResponse, data_row, parameter_status, parse, query, row_description,
+    ErrorResponse, data_row, parameter_status, query, row_description,
 };
 use crate::protocol::{Chunk, FrameError, Framer, sqlstate, types};
 use crate::server::Shared;
@@ -46,6 +48,8 @@ enum Pending {
     Query(QueryState),
     /// pgveil's own catalog query: consumed, not forwarded.
     Catalog(CatalogLoad),
+    /// One extended-protocol message's response.
+    Step(extended::Step),
 }
 
 struct QueryState {
@@ -112,11 +116,12 @@ struct State {
     /// How each SQL prepared statement was analysed, to re-check it after
     /// a configuration reload.
     prepared_meta: HashMap<String, PreparedMeta>,
-    /// Extended-protocol statements forwarded unanalysed: name → SQL, to
-    /// re-check them after a configuration reload.
-    parsed: HashMap<String, String>,
+    /// Extended-protocol statements and portals.
+    ext: extended::Extended,
     /// The configuration generation this session last checked against.
     generation: u64,
+    /// The encrypted columns as of that generation.
+    columns_signature: String,
     /// Time spent waiting for catalog loads since the last Query was queued.
     catalog_wait: Duration,
     /// `client_encoding` is UTF8 (pgveil tokenizes statements as UTF-8).
@@ -220,8 +225,9 @@ pub async fn run(
             refusal_tokens: Vec::new(),
             prepared: HashMap::new(),
             prepared_meta: HashMap::new(),
-            parsed: HashMap::new(),
+            ext: extended::Extended::default(),
             generation: shared.encryption().generation,
+            columns_signature: shared.encryption().columns_signature.clone(),
             catalog_wait: Duration::ZERO,
             utf8: true,
             settings_in_flight: 0,
@@ -326,7 +332,7 @@ where
     let mut started = false;
     loop {
         loop {
-            let inspect = |tag: u8| matches!(tag, b'Q' | b'P' | b'S' | b'F');
+            let inspect = |tag: u8| matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F');
             match framer.next(&mut buf, inspect) {
                 Ok(Some(Chunk::Forward(bytes))) => {
                     out.extend_from_slice(&bytes);
@@ -348,15 +354,14 @@ where
                             out.extend_from_slice(&rewritten);
                         }
                         b'P' => {
-                            let replaced = on_parse(veil, &frame);
-                            out.extend_from_slice(replaced.as_deref().unwrap_or(&frame));
+                            // Parse may wait for a catalog load.
+                            flush(writer, &mut out, &bytes_total).await?;
+                            let replaced = extended::on_message(veil, writer, &frame).await?;
+                            out.extend_from_slice(&replaced);
                         }
                         _ => {
-                            // Sync and FunctionCall each end in ReadyForQuery.
-                            veil.state()
-                                .pending
-                                .push_back(Pending::Passthrough(Instant::now()));
-                            out.extend_from_slice(&frame);
+                            let replaced = extended::on_message(veil, writer, &frame).await?;
+                            out.extend_from_slice(&replaced);
                         }
                     }
                 }
@@ -375,28 +380,37 @@ where
     }
 }
 
-/// After a configuration reload, before forwarding anything more: an
-/// extended-protocol statement this session prepared unanalysed that now
-/// names an encrypted table could bind plaintext into it. pgveil cannot
-/// re-prepare it behind the client's back, so it ends the session.
+/// After a configuration reload, before forwarding anything more: a
+/// statement this session prepared under other encrypted columns could
+/// bind plaintext into a newly encrypted column, or ciphertext where there
+/// is no longer a key. pgveil cannot re-prepare it behind the client's
+/// back, so it ends the session (the client reconnects and prepares again).
 fn reconcile_reload(veil: &Veil) -> Result<(), SessionError> {
     let enc = veil.shared.encryption();
-    let parsed = {
+    let statements: Vec<(String, Arc<extended::Statement>)> = {
         let mut st = veil.state();
         if st.generation == enc.generation {
             return Ok(());
         }
         st.generation = enc.generation;
-        st.parsed.clone()
+        if st.columns_signature == enc.columns_signature {
+            return Ok(());
+        }
+        st.columns_signature = enc.columns_signature.clone();
+        st.ext
+            .statements
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     let catalog = veil.shared.catalog_cached(&veil.key()).unwrap_or_default();
     let watched = Watched::new(&catalog, &enc.configured, &enc.encrypted_columns);
-    for (name, sql) in parsed {
-        if scan::needs_analysis(&sql, &watched, &[]) {
+    for (name, statement) in statements {
+        if statement.analyzed || scan::needs_analysis(&statement.sql, &watched, &[]) {
             warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
-                  statement = %name, "session ended: a statement prepared before the reload now touches encrypted columns");
+                  statement = %name, "session ended: encrypted columns changed under a prepared statement");
             return Err(SessionError::Reload(format!(
-                "pgveil: configuration reloaded; prepared statement \"{name}\" now touches encrypted columns, reconnect to prepare it again"
+                "pgveil: configuration reloaded; encrypted columns changed under prepared statement \"{name}\", reconnect to prepare it again"
             )));
         }
     }
@@ -572,7 +586,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, catalog, started));
     }
-    let Some(mut cat) = catalog else {
+    let Some(cat) = catalog else {
         let r = Refusal::general(
             "the catalog of this database could not be read, so the statement cannot be checked",
             "catalog",
@@ -582,27 +596,16 @@ async fn on_query<W: AsyncWrite + Unpin>(
     if let Some(r) = recheck_prepared(veil, text, &cat, &enc) {
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
-    let mut analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, &prepared);
+    let (analysis, cat) = analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
     if analysis.stale {
-        shared.invalidate_catalog(&veil.key());
-        if let Some(fresh) = ensure_catalog(veil, writer).await {
-            cat = fresh;
-            let watched = Watched::new(&cat, &enc.configured, &enc.encrypted_columns);
-            analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, &prepared);
-        }
-        if analysis.stale {
-            // A configured table this database does not have (yet): perhaps
-            // created earlier in this same Query. pgveil cannot know its
-            // columns, so it refuses rather than guess.
-            let r = Refusal::general(
-                "a configured table that is not in this database's catalog; create it in its own statement first",
-                "catalog",
-            );
-            return Ok(refuse(veil, text, &[], r, Some(cat), started));
-        }
-    }
-    if analysis.statements.iter().any(|s| s.sets_search_path) {
-        veil.make_key_private();
+        // A configured table this database does not have (yet): perhaps
+        // created earlier in this same Query. pgveil cannot know its
+        // columns, so it refuses rather than guess.
+        let r = Refusal::general(
+            "a configured table that is not in this database's catalog; create it in its own statement first",
+            "catalog",
+        );
+        return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
     if analysis.statements.iter().any(|s| s.refresh_catalog) {
         shared.invalidate_catalog(&veil.key());
@@ -618,47 +621,16 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
-    // Encrypt every literal the analysis found.
-    let mut replacements = Vec::new();
-    let mut failure = None;
-    'outer: for plan in &analysis.statements {
-        replacements.extend(plan.replacements.iter().cloned());
-        for edit in &plan.edits {
-            match encrypt_literal(enc.keyring.as_deref(), edit, &settings, standard_strings) {
-                Ok(lit) => {
-                    shared
-                        .metrics
-                        .values_encrypted_total
-                        .with_label_values(&[&edit.column.id.to_string()])
-                        .inc();
-                    replacements.push((edit.range.clone(), lit));
-                }
-                Err(r) => {
-                    failure = Some(r);
-                    break 'outer;
-                }
-            }
-        }
-    }
-    let refusal = failure.or(analysis.refusal.clone());
+    let encrypted = encrypt_edits(veil, &enc, &analysis.statements, &settings);
+    let refusal = match (&encrypted, &analysis.refusal) {
+        (Err(r), _) | (Ok(_), Some(r)) => Some(r.clone()),
+        _ => None,
+    };
     if let Some(r) = refusal {
         if enc.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
             && r.reason != "invalid_value"
         {
-            shared
-                .metrics
-                .refused_statements_total
-                .with_label_values(&[r.reason])
-                .inc();
-            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
-                  reason = r.reason, column = r.column.as_deref().unwrap_or(""),
-                  fingerprint = %crate::sql::source::fingerprint(text),
-                  "statement would be refused; forwarded because policy.on_unsupported = passthrough");
-            shared
-                .metrics
-                .statements_total
-                .with_label_values(&["simple", "passthrough"])
-                .inc();
+            passthrough_refusal(veil, text, &r, "simple");
             push_query(veil, Vec::new(), Some(cat), started);
             return Ok(BytesMut::from(frame));
         }
@@ -671,6 +643,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
             started,
         ));
     }
+    let replacements = encrypted.unwrap_or_default();
     let new_text = if replacements.is_empty() {
         None
     } else {
@@ -721,6 +694,10 @@ fn push_query(
     if let Pending::Query(q) = &mut pending {
         q.overhead = q.overhead.saturating_sub(waited);
         q.changes_settings = changes;
+    }
+    if st.ext.skip_until_sync {
+        // The server ignores this Query (it skips everything until Sync).
+        return;
     }
     if changes {
         st.settings_in_flight += 1;
@@ -905,36 +882,15 @@ fn refuse(
     query::encode(&parts.join("; "))
 }
 
-/// Parse of a statement that may touch encrypted tables: the extended
-/// protocol is not rewritten yet, so it is refused. The Parse is replaced
-/// by one that fails in the database (so the transaction and the protocol
-/// state follow PostgreSQL's own rules), and the server pump replaces that
-/// error with the refusal.
-fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
-    let parsed = parse::decode(frame).ok()?;
+/// Counts and logs a refusal in the extended protocol and returns the name
+/// of a relation that does not exist: a statement using it fails in the
+/// database, in place, and the server pump swaps that error for the refusal.
+fn refusal_token(veil: &Veil, text: &str, refusal: Refusal, protocol: &str) -> String {
     let shared = &veil.shared;
-    let enc = shared.encryption();
-    let catalog = shared.catalog_cached(&veil.key());
-    let watched = watched_for(veil, catalog.as_ref(), &enc);
-    if !scan::needs_analysis(parsed.query, &watched, &[]) {
-        veil.state()
-            .parsed
-            .insert(parsed.name.to_string(), parsed.query.to_string());
-        shared
-            .metrics
-            .statements_total
-            .with_label_values(&["extended", "passthrough"])
-            .inc();
-        return None;
-    }
-    let refusal = Refusal::general(
-        "statements on encrypted tables through the extended query protocol are not supported yet",
-        "extended",
-    );
     shared
         .metrics
         .statements_total
-        .with_label_values(&["extended", "refused"])
+        .with_label_values(&[protocol, "refused"])
         .inc();
     shared
         .metrics
@@ -942,24 +898,86 @@ fn on_parse(veil: &Veil, frame: &[u8]) -> Option<BytesMut> {
         .with_label_values(&[refusal.reason])
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
-          reason = refusal.reason, fingerprint = %crate::sql::source::fingerprint(parsed.query),
-          "statement refused");
+          reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
+          fingerprint = %crate::sql::source::fingerprint(text), "statement refused");
     let mut token = [0u8; 12];
     let _ = getrandom::fill(&mut token);
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
     let relation = format!("pgveil_refused_{token}");
-    let sql = format!("SELECT 1 FROM {relation}");
-    veil.state().refusal_tokens.push((relation, refusal));
-    let mut b = BytesMut::new();
-    let name = parsed.name;
-    let len = 4 + name.len() + 1 + sql.len() + 1 + 2;
-    b.extend_from_slice(b"P");
-    b.extend_from_slice(&(len as i32).to_be_bytes());
-    b.extend_from_slice(name.as_bytes());
-    b.extend_from_slice(&[0]);
-    b.extend_from_slice(sql.as_bytes());
-    b.extend_from_slice(&[0, 0, 0]);
-    Some(b)
+    veil.state().refusal_tokens.push((relation.clone(), refusal));
+    relation
+}
+
+/// A statement that would be refused, forwarded because
+/// `policy.on_unsupported = "passthrough"`: counted and logged.
+fn passthrough_refusal(veil: &Veil, text: &str, r: &Refusal, protocol: &str) {
+    let shared = &veil.shared;
+    shared
+        .metrics
+        .refused_statements_total
+        .with_label_values(&[r.reason])
+        .inc();
+    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+          reason = r.reason, column = r.column.as_deref().unwrap_or(""),
+          fingerprint = %crate::sql::source::fingerprint(text),
+          "statement would be refused; forwarded because policy.on_unsupported = passthrough");
+    shared
+        .metrics
+        .statements_total
+        .with_label_values(&[protocol, "passthrough"])
+        .inc();
+}
+
+/// Analyses a statement, reloading the catalog once if the analysis says it
+/// is stale (a configured table created since it was read).
+async fn analyze_fresh<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    text: &str,
+    mut cat: Arc<Catalog>,
+    enc: &crate::server::Encryption,
+    prepared: &HashMap<String, Vec<Option<Encrypted>>>,
+) -> (Arc<crate::sql::Analysis>, Arc<Catalog>) {
+    let shared = &veil.shared;
+    let watched = watched_for(veil, Some(&cat), enc);
+    let mut analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, prepared);
+    if analysis.stale && !veil.state().ext.in_batch {
+        shared.invalidate_catalog(&veil.key());
+        if let Some(fresh) = ensure_catalog(veil, writer).await {
+            cat = fresh;
+            let watched = watched_for(veil, Some(&cat), enc);
+            analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, prepared);
+        }
+    }
+    if analysis.statements.iter().any(|s| s.sets_search_path) {
+        veil.make_key_private();
+    }
+    (analysis, cat)
+}
+
+/// Encrypts every literal the plans found: the text replacements to make
+/// (declared parameter types and casts included).
+fn encrypt_edits(
+    veil: &Veil,
+    enc: &crate::server::Encryption,
+    plans: &[crate::sql::StatementPlan],
+    settings: &SessionSettings,
+) -> Result<Vec<(std::ops::Range<usize>, String)>, Refusal> {
+    let standard_strings = veil.state().standard_strings;
+    let mut replacements = Vec::new();
+    for plan in plans {
+        replacements.extend(plan.replacements.iter().cloned());
+        for edit in &plan.edits {
+            let lit = encrypt_literal(enc.keyring.as_deref(), edit, settings, standard_strings)?;
+            veil.shared
+                .metrics
+                .values_encrypted_total
+                .with_label_values(&[&edit.column.id.to_string()])
+                .inc();
+            replacements.push((edit.range.clone(), lit));
+        }
+    }
+    Ok(replacements)
 }
 
 /// Server → client.
@@ -977,14 +995,17 @@ where
     loop {
         loop {
             let (all, rows) = {
-                let st = veil.state();
+                let mut st = veil.state();
                 let all = matches!(st.pending.front(), Some(Pending::Catalog(_)))
                     || st.discard_until_ready;
-                (all, st.decoder.is_some())
+                let rows = st.decoder.is_some() || execute_rows(veil, &mut st);
+                (all, rows)
             };
             let inspect = |tag: u8| {
-                all || matches!(tag, b'Z' | b'T' | b'C' | b'I' | b'E' | b'S')
-                    || (rows && tag == b'D')
+                all || matches!(
+                    tag,
+                    b'Z' | b'T' | b'C' | b'I' | b'E' | b'S' | b'1' | b'2' | b'3' | b't' | b'n' | b's'
+                ) || (rows && tag == b'D')
             };
             match framer.next(&mut buf, inspect) {
                 Ok(Some(Chunk::Forward(bytes))) => out.extend_from_slice(&bytes),
@@ -1066,6 +1087,15 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
     if st.discard_until_ready && !matches!(tag, b'Z' | b'S' | b'N' | b'A') {
         return Ok(None);
     }
+    if matches!(st.pending.front(), Some(Pending::Step(_))) {
+        match tag {
+            b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'D' | b'C' | b'I' | b's' => {
+                return Ok(on_step_frame(veil, st, frame));
+            }
+            b'E' | b'Z' => extended::abandon_steps(st),
+            _ => {}
+        }
+    }
     match tag {
         b'Z' => {
             let metrics = &veil.shared.metrics;
@@ -1108,55 +1138,38 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             Ok(Some(frame))
         }
         b'T' => {
+            let Some(Pending::Query(q)) = st.pending.front() else {
+                return Ok(Some(frame));
+            };
             let Ok(mut fields) = row_description::decode(&frame) else {
                 return Ok(Some(frame));
             };
-            let (catalog, hints) = match st.pending.front() {
-                Some(Pending::Query(q)) => (
-                    q.catalog.clone(),
-                    q.hints.get(q.index).cloned().unwrap_or_default(),
-                ),
-                _ => (veil.shared.catalog_cached(&veil.key()), Vec::new()),
-            };
-            let in_query = matches!(st.pending.front(), Some(Pending::Query(_)));
-            let mut columns = Vec::with_capacity(fields.len());
-            let mut any = false;
-            for (i, f) in fields.iter_mut().enumerate() {
-                let enc = catalog
-                    .as_ref()
-                    .and_then(|c| c.origin(f.table_oid, f.column).cloned())
-                    .or_else(|| hints.get(i).cloned().flatten());
-                match enc {
-                    Some(e) if in_query => {
-                        let (oid, size) = types::pg_type(e.value_type);
-                        f.type_oid = oid;
-                        f.type_size = size;
-                        f.type_modifier = -1;
+            let hints = q.hints.get(q.index).cloned().unwrap_or_default();
+            let cols = encrypted_columns(q.catalog.as_deref(), &hints, &fields);
+            if cols.iter().all(Option::is_none) {
+                st.decoder = None;
+                return Ok(Some(frame));
+            }
+            let columns = cols
+                .iter()
+                .zip(&fields)
+                .map(|(c, f)| {
+                    c.clone().map(|e| {
                         let format = if f.format == 1 {
                             Format::Binary
                         } else {
                             Format::Text
                         };
-                        columns.push(Some((e, format)));
-                        any = true;
-                    }
-                    Some(e) => {
-                        warn!(column = %e.id, "encrypted column in an extended-protocol result; left as stored");
-                        columns.push(None);
-                    }
-                    None => columns.push(None),
-                }
-            }
-            if any {
-                st.decoder = Some(Decoder {
-                    columns,
-                    keyring: veil.shared.encryption().keyring.clone(),
-                });
-                Ok(Some(row_description::encode(&fields)))
-            } else {
-                st.decoder = None;
-                Ok(Some(frame))
-            }
+                        (e, format)
+                    })
+                })
+                .collect();
+            present_columns(&mut fields, &cols);
+            st.decoder = Some(Decoder {
+                columns,
+                keyring: veil.shared.encryption().keyring.clone(),
+            });
+            Ok(Some(row_description::encode(&fields)))
         }
         b'D' => {
             let Some(decoder) = &st.decoder else {
@@ -1197,6 +1210,163 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             Ok(Some(scrub_error(frame)))
         }
         _ => Ok(Some(frame)),
+    }
+}
+
+/// Which result columns hold ciphertext: by origin (table OID and column
+/// number), else by the analyzer's positional hints.
+fn encrypted_columns(
+    catalog: Option<&Catalog>,
+    hints: &[Option<Encrypted>],
+    fields: &[row_description::Field],
+) -> Vec<Option<Encrypted>> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            catalog
+                .and_then(|c| c.origin(f.table_oid, f.column).cloned())
+                .or_else(|| hints.get(i).cloned().flatten())
+        })
+        .collect()
+}
+
+/// Reports encrypted columns with the type the application sees.
+fn present_columns(fields: &mut [row_description::Field], cols: &[Option<Encrypted>]) {
+    for (f, c) in fields.iter_mut().zip(cols) {
+        if let Some(e) = c {
+            let (oid, size) = types::pg_type(e.value_type);
+            f.type_oid = oid;
+            f.type_size = size;
+            f.type_modifier = -1;
+        }
+    }
+}
+
+/// Whether the rows about to arrive answer an Execute whose portal has
+/// encrypted columns (resolved once per Execute).
+fn execute_rows(veil: &Veil, st: &mut State) -> bool {
+    let Some(Pending::Step(extended::Step::Execute { portal, decoder })) = st.pending.front_mut()
+    else {
+        return false;
+    };
+    decoder
+        .get_or_insert_with(|| {
+            portal
+                .as_deref()
+                .and_then(|p| extended::portal_decoder(veil, p))
+        })
+        .is_some()
+}
+
+/// A response to an extended-protocol step.
+fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMut> {
+    use extended::Step;
+    let tag = frame[0];
+    match tag {
+        b'1' | b'2' | b'3' => {
+            let Some(Pending::Step(step)) = st.pending.pop_front() else {
+                return Some(frame);
+            };
+            match (tag, step) {
+                (b'1', Step::Parse { .. }) | (b'2', Step::Bind { .. }) => {}
+                (b'3', step @ Step::Close { .. }) => extended::closed(st, step),
+                _ => extended::out_of_step(tag),
+            }
+            Some(frame)
+        }
+        b't' => match st.pending.front() {
+            Some(Pending::Step(Step::DescribeStatement {
+                statement,
+                injected,
+            })) => {
+                if *injected {
+                    return None;
+                }
+                Some(
+                    statement
+                        .as_deref()
+                        .and_then(|s| extended::present_parameters(s, &frame))
+                        .unwrap_or(frame),
+                )
+            }
+            _ => {
+                extended::out_of_step(tag);
+                Some(frame)
+            }
+        },
+        b'T' | b'n' => {
+            let Some(Pending::Step(step)) = st.pending.pop_front() else {
+                return Some(frame);
+            };
+            let (injected, out) = match step {
+                Step::DescribeStatement {
+                    statement,
+                    injected,
+                } => {
+                    let out = match statement {
+                        Some(s) if tag == b'T' => {
+                            extended::describe_rows(veil, frame, s.catalog.clone(), &s.hints, &s.columns)
+                        }
+                        Some(s) => {
+                            let _ = s.columns.set(Vec::new());
+                            frame
+                        }
+                        None => frame,
+                    };
+                    (injected, out)
+                }
+                Step::DescribePortal { portal, injected } => {
+                    let out = match portal {
+                        Some(p) if tag == b'T' => {
+                            let (catalog, hints) = p
+                                .statement
+                                .as_ref()
+                                .map(|s| (s.catalog.clone(), s.hints.clone()))
+                                .unwrap_or_default();
+                            extended::describe_rows(veil, frame, catalog, &hints, &p.columns)
+                        }
+                        Some(p) => {
+                            let _ = p.columns.set(Vec::new());
+                            frame
+                        }
+                        None => frame,
+                    };
+                    (injected, out)
+                }
+                _ => {
+                    extended::out_of_step(tag);
+                    (false, frame)
+                }
+            };
+            (!injected).then_some(out)
+        }
+        b'D' => {
+            let decoder = match st.pending.front() {
+                Some(Pending::Step(Step::Execute {
+                    decoder: Some(Some(d)),
+                    ..
+                })) => d.clone(),
+                _ => return Some(frame),
+            };
+            match decrypt_row(veil, &decoder, &st.settings, &frame) {
+                Ok(row) => Some(row),
+                Err(msg) => {
+                    // The rest of this response is dropped; the client
+                    // sees the error where the row was.
+                    st.discard_until_ready = true;
+                    Some(msg.to_bytes())
+                }
+            }
+        }
+        _ => {
+            // CommandComplete, EmptyQueryResponse, PortalSuspended.
+            match st.pending.pop_front() {
+                Some(Pending::Step(Step::Execute { .. })) => {}
+                _ => extended::out_of_step(tag),
+            }
+            Some(frame)
+        }
     }
 }
 

@@ -1,0 +1,799 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close and
+//! Sync from the client, and the responses they cause.
+//!
+//! Every client message that the server answers pushes one [`Step`] onto
+//! the session's response FIFO, so the server pump knows which statement or
+//! portal each ParseComplete, ParameterDescription, RowDescription or
+//! DataRow belongs to, however many messages are pipelined before a Sync.
+//! After an error PostgreSQL skips everything until Sync, and so do the
+//! steps: they are dropped, and registrations they made are rolled back.
+//!
+//! A statement that may touch encrypted columns is analysed at Parse (the
+//! analysis is cached across sessions); its literals are encrypted, its
+//! parameters bound to encrypted columns are declared with their storage
+//! type, and a Describe of the statement is added behind it so the result
+//! columns are known before any row arrives, even when the client never
+//! describes them. Bind then encrypts those parameters in the format the
+//! client chose.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWrite;
+use tracing::warn;
+
+use super::{Decoder, Pending, Veil, ensure_catalog, watched_for};
+use crate::catalog::{Catalog, Encrypted, StorageState};
+use crate::crypto::{Format, Keyring, SessionSettings};
+use crate::protocol::messages::{extended, parse, row_description};
+use crate::protocol::{array, types};
+use crate::session::SessionError;
+use crate::sql::analyze::ParamBinding;
+use crate::sql::{Refusal, rewrite, scan};
+
+/// A prepared statement as pgveil prepared it.
+pub(super) struct Statement {
+    /// The SQL as the client sent it, to analyse again after a reload.
+    pub sql: String,
+    /// Whether the analyzer saw it (it names something encrypted).
+    pub analyzed: bool,
+    /// Per parameter (`$n` at index n-1): the encrypted column it is bound to.
+    pub params: Vec<Option<ParamBinding>>,
+    /// Parameter types as the client declared them (0: unspecified).
+    pub client_types: Vec<u32>,
+    /// Encrypted result columns PostgreSQL reports without an origin.
+    pub hints: Vec<Option<Encrypted>>,
+    /// The catalog it was analysed against.
+    pub catalog: Option<Arc<Catalog>>,
+    /// Encrypted result columns by position, once the statement's
+    /// RowDescription has arrived.
+    pub columns: OnceLock<Vec<Option<Encrypted>>>,
+    /// Made from a SQL `PREPARE`: its result columns are learned per portal.
+    pub from_sql: bool,
+}
+
+impl Statement {
+    fn passthrough(sql: &str) -> Statement {
+        Statement {
+            sql: sql.to_string(),
+            analyzed: false,
+            params: Vec::new(),
+            client_types: Vec::new(),
+            hints: Vec::new(),
+            catalog: None,
+            columns: OnceLock::new(),
+            from_sql: false,
+        }
+    }
+
+    fn encrypts_params(&self) -> bool {
+        self.params.iter().any(Option::is_some)
+    }
+}
+
+/// A portal: a bound statement and the result formats the client asked for.
+pub(super) struct Portal {
+    pub statement: Option<Arc<Statement>>,
+    pub result_formats: Vec<i16>,
+    /// Encrypted result columns, from a Describe of this portal.
+    pub columns: OnceLock<Vec<Option<Encrypted>>>,
+}
+
+/// The response a client message is waiting for.
+pub(super) enum Step {
+    /// ParseComplete. Until it arrives the registration can be undone.
+    Parse {
+        name: String,
+        new: Arc<Statement>,
+        previous: Option<Arc<Statement>>,
+    },
+    /// BindComplete.
+    Bind {
+        name: String,
+        new: Arc<Portal>,
+        previous: Option<Arc<Portal>>,
+    },
+    /// CloseComplete: the statement or portal is forgotten only then.
+    Close {
+        statement: Option<(String, Arc<Statement>)>,
+        portal: Option<(String, Arc<Portal>)>,
+    },
+    /// ParameterDescription and RowDescription/NoData.
+    DescribeStatement {
+        statement: Option<Arc<Statement>>,
+        /// Added by pgveil: the responses are not forwarded.
+        injected: bool,
+    },
+    /// RowDescription/NoData.
+    DescribePortal {
+        portal: Option<Arc<Portal>>,
+        injected: bool,
+    },
+    /// DataRows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute {
+        portal: Option<Arc<Portal>>,
+        /// Resolved on the first response: how to decrypt the rows.
+        decoder: Option<Option<Arc<Decoder>>>,
+    },
+}
+
+/// Extended-protocol state of one session.
+#[derive(Default)]
+pub(super) struct Extended {
+    pub statements: HashMap<String, Arc<Statement>>,
+    pub portals: HashMap<String, Arc<Portal>>,
+    /// The server reported an error and no Sync has been sent since: it
+    /// skips every message until Sync, so they wait for no response.
+    pub skip_until_sync: bool,
+    /// Extended messages were sent since the last Sync.
+    pub in_batch: bool,
+}
+
+/// Queues a step unless the server is skipping messages until Sync.
+pub(super) fn push_step(st: &mut super::State, step: Step) {
+    st.ext.in_batch = true;
+    if !st.ext.skip_until_sync {
+        st.pending.push_back(Pending::Step(step));
+    }
+}
+
+/// Handles one extended-protocol message from the client; returns what to
+/// send upstream in its place.
+pub(super) async fn on_message<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<BytesMut, SessionError> {
+    match frame[0] {
+        b'P' => on_parse(veil, writer, frame).await,
+        b'B' => on_bind(veil, frame),
+        b'D' => {
+            let (kind, name) = extended::decode_target(frame)
+                .map_err(|e| SessionError::Protocol(format!("malformed Describe: {e}")))?;
+            let mut st = veil.state();
+            let step = if kind == b'S' {
+                let statement = lookup_statement(&st, name);
+                Step::DescribeStatement {
+                    statement,
+                    injected: false,
+                }
+            } else {
+                Step::DescribePortal {
+                    portal: st.ext.portals.get(name).cloned(),
+                    injected: false,
+                }
+            };
+            push_step(&mut st, step);
+            Ok(BytesMut::from(frame))
+        }
+        b'E' => {
+            let (name, _) = extended::decode_execute(frame)
+                .map_err(|e| SessionError::Protocol(format!("malformed Execute: {e}")))?;
+            let mut st = veil.state();
+            let portal = st.ext.portals.get(name).cloned();
+            push_step(
+                &mut st,
+                Step::Execute {
+                    portal,
+                    decoder: None,
+                },
+            );
+            Ok(BytesMut::from(frame))
+        }
+        b'C' => {
+            let (kind, name) = extended::decode_target(frame)
+                .map_err(|e| SessionError::Protocol(format!("malformed Close: {e}")))?;
+            let mut st = veil.state();
+            let step = if kind == b'S' {
+                Step::Close {
+                    statement: st
+                        .ext
+                        .statements
+                        .get(name)
+                        .map(|s| (name.to_string(), s.clone())),
+                    portal: None,
+                }
+            } else {
+                Step::Close {
+                    statement: None,
+                    portal: st
+                        .ext
+                        .portals
+                        .get(name)
+                        .map(|p| (name.to_string(), p.clone())),
+                }
+            };
+            push_step(&mut st, step);
+            Ok(BytesMut::from(frame))
+        }
+        _ => {
+            // Sync (FunctionCall ends in ReadyForQuery the same way).
+            let mut st = veil.state();
+            if frame[0] == b'S' {
+                st.ext.skip_until_sync = false;
+                st.ext.in_batch = false;
+            }
+            st.pending.push_back(Pending::Passthrough(Instant::now()));
+            Ok(BytesMut::from(frame))
+        }
+    }
+}
+
+/// The statement a Bind or Describe names: prepared through the protocol,
+/// or with SQL `PREPARE` (both share PostgreSQL's namespace).
+fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
+    if let Some(s) = st.ext.statements.get(name) {
+        return Some(s.clone());
+    }
+    let spec = st.prepared.get(name)?;
+    Some(Arc::new(Statement {
+        sql: String::new(),
+        analyzed: true,
+        params: spec
+            .iter()
+            .map(|c| {
+                c.clone().map(|column| ParamBinding {
+                    column,
+                    array: false,
+                })
+            })
+            .collect(),
+        client_types: Vec::new(),
+        hints: Vec::new(),
+        catalog: None,
+        columns: OnceLock::new(),
+        from_sql: true,
+    }))
+}
+
+/// Registers a statement under its name, queueing the step that confirms it.
+fn register(veil: &Veil, name: &str, statement: Statement, steps: Vec<Step>) -> Arc<Statement> {
+    let new = Arc::new(statement);
+    let mut st = veil.state();
+    let previous = st.ext.statements.insert(name.to_string(), new.clone());
+    push_step(
+        &mut st,
+        Step::Parse {
+            name: name.to_string(),
+            new: new.clone(),
+            previous,
+        },
+    );
+    for s in steps {
+        push_step(&mut st, s);
+    }
+    new
+}
+
+async fn on_parse<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<BytesMut, SessionError> {
+    let parsed = parse::decode(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Parse: {e}")))?;
+    let shared = &veil.shared;
+    let enc = shared.encryption();
+    let mut catalog = shared.catalog_cached(&veil.key());
+    let in_batch = veil.state().ext.in_batch;
+    if catalog.is_none() && !in_batch {
+        catalog = ensure_catalog(veil, writer).await;
+    }
+    let watched = watched_for(veil, catalog.as_ref(), &enc);
+    let prepared = veil.state().prepared.clone();
+    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    let text = parsed.query;
+    if !scan::needs_analysis(text, &watched, &tainted) {
+        shared
+            .metrics
+            .statements_total
+            .with_label_values(&["extended", "passthrough"])
+            .inc();
+        register(veil, parsed.name, Statement::passthrough(text), Vec::new());
+        return Ok(BytesMut::from(frame));
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("search_path") {
+        veil.make_key_private();
+    }
+    let (utf8, in_flight, standard_strings, settings) = {
+        let st = veil.state();
+        (
+            st.utf8,
+            st.settings_in_flight,
+            st.standard_strings,
+            st.settings.clone(),
+        )
+    };
+    let refuse = |r: Refusal| Ok(refuse_parse(veil, parsed.name, text, r));
+    if !utf8 {
+        return refuse(Refusal::general(
+            "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
+            "unparsed",
+        ));
+    }
+    if in_flight > 0 {
+        return refuse(Refusal::general(
+            "a change to standard_conforming_strings or client_encoding is still in flight; wait for its result",
+            "unparsed",
+        ));
+    }
+    if !standard_strings && text.contains('\\') {
+        return refuse(Refusal::general(
+            "backslashes in a statement on encrypted tables while standard_conforming_strings is off",
+            "unparsed",
+        ));
+    }
+    let Some(cat) = catalog else {
+        return refuse(Refusal::general(
+            if in_batch {
+                "the table definitions changed in this pipeline; send Sync before preparing statements on encrypted tables"
+            } else {
+                "the catalog of this database could not be read, so the statement cannot be checked"
+            },
+            "catalog",
+        ));
+    };
+    if let Some(r) = super::recheck_prepared(veil, text, &cat, &enc) {
+        return refuse(r);
+    }
+    let (analysis, cat) = super::analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
+    if analysis.stale {
+        return refuse(Refusal::general(
+            "a configured table that is not in this database's catalog; create it in its own statement first",
+            "catalog",
+        ));
+    }
+    if analysis.statements.len() > 1 {
+        return refuse(Refusal::general(
+            "several statements in one prepared statement",
+            "unparsed",
+        ));
+    }
+    if analysis.statements.iter().any(|s| s.refresh_catalog) {
+        shared.invalidate_catalog(&veil.key());
+    }
+    let encrypted = super::encrypt_edits(veil, &enc, &analysis.statements, &settings);
+    let replacements = match encrypted.and_then(|r| match &analysis.refusal {
+        Some(refusal) => Err(refusal.clone()),
+        None => Ok(r),
+    }) {
+        Ok(r) => r,
+        Err(r) => {
+            if enc.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
+                && r.reason != "invalid_value"
+            {
+                super::passthrough_refusal(veil, text, &r, "extended");
+                register(veil, parsed.name, Statement::passthrough(text), Vec::new());
+                return Ok(BytesMut::from(frame));
+            }
+            return refuse(r);
+        }
+    };
+    let new_text = if replacements.is_empty() {
+        None
+    } else {
+        match rewrite::splice(text, replacements) {
+            Some(t) => Some(t),
+            None => {
+                return refuse(Refusal::general(
+                    "pgveil could not rewrite this statement",
+                    "unparsed",
+                ));
+            }
+        }
+    };
+    let plan = analysis.statements.first();
+    let bindings = plan.map(|p| p.params.clone()).unwrap_or_default();
+    let count = bindings
+        .keys()
+        .max()
+        .copied()
+        .unwrap_or(0)
+        .max(parsed.param_types.len());
+    let mut params = vec![None; count];
+    let mut declared = parsed.param_types.clone();
+    declared.resize(count, 0);
+    for (n, b) in &bindings {
+        let storage = if b.column.storage == StorageState::Bytea {
+            17
+        } else {
+            25
+        };
+        if let (Some(p), Some(d)) = (params.get_mut(n - 1), declared.get_mut(n - 1)) {
+            *p = Some(b.clone());
+            *d = if b.array {
+                types::array_of(storage)
+            } else {
+                storage
+            };
+        }
+    }
+    super::record_prepared(veil, text, &analysis.statements);
+    let statement = Statement {
+        sql: text.to_string(),
+        analyzed: true,
+        params,
+        client_types: parsed.param_types.clone(),
+        hints: plan.map(|p| p.outputs.clone()).unwrap_or_default(),
+        catalog: Some(cat),
+        columns: OnceLock::new(),
+        from_sql: false,
+    };
+    if !parsed.name.is_empty() && statement.encrypts_params() {
+        // `EXECUTE name(...)` in SQL reaches the same statement: its
+        // literals must be encrypted the same way.
+        let spec = statement
+            .params
+            .iter()
+            .map(|b| b.as_ref().map(|b| b.column.clone()))
+            .collect();
+        veil.state().prepared.insert(parsed.name.to_string(), spec);
+    }
+    let changed = new_text.is_some() || statement.encrypts_params();
+    let statement = register(veil, parsed.name, statement, Vec::new());
+    shared
+        .metrics
+        .statements_total
+        .with_label_values(&["extended", if changed { "rewritten" } else { "passthrough" }])
+        .inc();
+    let mut out = if changed {
+        extended::encode_parse(
+            parsed.name,
+            new_text.as_deref().unwrap_or(text),
+            &declared,
+        )
+    } else {
+        BytesMut::from(frame)
+    };
+    // Learn the result columns now, whatever the client describes later.
+    out.extend_from_slice(&extended::encode_describe(b'S', parsed.name));
+    let mut st = veil.state();
+    push_step(
+        &mut st,
+        Step::DescribeStatement {
+            statement: Some(statement),
+            injected: true,
+        },
+    );
+    Ok(out)
+}
+
+/// Replaces a Parse by one that fails in the database (so the pipeline
+/// fails there, as PostgreSQL's own error would make it), whose error the
+/// server pump swaps for the refusal.
+fn refuse_parse(veil: &Veil, name: &str, text: &str, refusal: Refusal) -> BytesMut {
+    let relation = super::refusal_token(veil, text, refusal, "extended");
+    register(veil, name, Statement::passthrough(""), Vec::new());
+    extended::encode_parse(name, &format!("SELECT 1 FROM {relation}"), &[])
+}
+
+fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
+    let bind = extended::decode_bind(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
+    let (statement, settings) = {
+        let st = veil.state();
+        (lookup_statement(&st, bind.statement), st.settings.clone())
+    };
+    let mut out = None;
+    if let Some(s) = statement.as_ref().filter(|s| s.encrypts_params()) {
+        let enc = veil.shared.encryption();
+        let mut values: Vec<(i16, Option<Vec<u8>>)> = Vec::with_capacity(bind.params.len());
+        for (i, v) in bind.params.iter().enumerate() {
+            let format = extended::format_of(&bind.param_formats, i);
+            match (s.params.get(i).and_then(Option::as_ref), v) {
+                (Some(_), None) => values.push((0, None)),
+                (Some(b), Some(v)) => {
+                    let declared = s.client_types.get(i).copied().unwrap_or(0);
+                    match encrypt_param(enc.keyring.as_deref(), b, declared, format, v, &settings) {
+                        Ok(c) => {
+                            veil.shared
+                                .metrics
+                                .values_encrypted_total
+                                .with_label_values(&[&b.column.id.to_string()])
+                                .inc();
+                            values.push((1, Some(c)));
+                        }
+                        Err(r) => {
+                            let relation = super::refusal_token(veil, &s.sql, r, "extended");
+                            out = Some(extended::encode_bind(bind.portal, &relation, &[], &[]));
+                            break;
+                        }
+                    }
+                }
+                (None, v) => values.push((format, v.map(<[u8]>::to_vec))),
+            }
+        }
+        if out.is_none() {
+            let params: Vec<(i16, Option<&[u8]>)> =
+                values.iter().map(|(f, v)| (*f, v.as_deref())).collect();
+            out = Some(extended::encode_bind(
+                bind.portal,
+                bind.statement,
+                &params,
+                &bind.result_formats,
+            ));
+        }
+    }
+    let mut out = out.unwrap_or_else(|| BytesMut::from(frame));
+    let from_sql = statement.as_ref().is_some_and(|s| s.from_sql);
+    let portal = Arc::new(Portal {
+        statement,
+        result_formats: bind.result_formats.clone(),
+        columns: OnceLock::new(),
+    });
+    let mut st = veil.state();
+    let previous = st
+        .ext
+        .portals
+        .insert(bind.portal.to_string(), portal.clone());
+    push_step(
+        &mut st,
+        Step::Bind {
+            name: bind.portal.to_string(),
+            new: portal.clone(),
+            previous,
+        },
+    );
+    if from_sql {
+        // A SQL PREPARE'd statement: its result columns are not known yet.
+        out.extend_from_slice(&extended::encode_describe(b'P', bind.portal));
+        push_step(
+            &mut st,
+            Step::DescribePortal {
+                portal: Some(portal),
+                injected: true,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Encrypts one bound parameter value. The result is sent in binary
+/// format: the raw envelope for `bytea` storage, the prefixed text for
+/// `text` storage (a text value's binary form is its text).
+fn encrypt_param(
+    keyring: Option<&Keyring>,
+    binding: &ParamBinding,
+    declared: u32,
+    format: i16,
+    value: &[u8],
+    settings: &SessionSettings,
+) -> Result<Vec<u8>, Refusal> {
+    let col = &binding.column;
+    let name = col.id.to_string();
+    let cipher = keyring
+        .and_then(|k| k.column_by_id(&col.id))
+        .ok_or_else(|| Refusal::general(format!("no key for column {name}"), "unsupported"))?;
+    let storage = col
+        .storage
+        .storage()
+        .ok_or_else(|| Refusal::on_column(&name, "storing ciphertext in this type", "storage"))?;
+    let type_name = col.value_type.name();
+    let bad = |e: crate::crypto::CryptoError| Refusal::bad_value(&name, type_name, e.sqlstate());
+    let app = types::pg_type(col.value_type).0;
+    let fits = |oid: u32| oid == 0 || oid == app || (types::is_text_like(oid) && types::is_text_like(app));
+    let format = if format == 1 {
+        if !fits(declared) && !(binding.array && fits_array(declared, app)) {
+            return Err(Refusal::on_column(
+                &name,
+                format!("a binary parameter of type OID {declared} (the column holds {type_name})"),
+                "unsupported",
+            ));
+        }
+        Format::Binary
+    } else {
+        Format::Text
+    };
+    if !binding.array {
+        return cipher.encrypt(format, value, storage, settings).map_err(bad);
+    }
+    let malformed = |e: array::ArrayError| {
+        Refusal::on_column(&name, format!("an array parameter: {e}"), "unsupported")
+    };
+    let elements: Vec<Option<Vec<u8>>> = match format {
+        Format::Text => array::parse_text(value).map_err(malformed)?,
+        Format::Binary => {
+            if value.len() >= 12 {
+                let elem = u32::from_be_bytes([value[8], value[9], value[10], value[11]]);
+                if !fits(elem) {
+                    return Err(Refusal::on_column(
+                        &name,
+                        format!("an array of type OID {elem} (the column holds {type_name})"),
+                        "unsupported",
+                    ));
+                }
+            }
+            array::parse_binary(value)
+                .map_err(malformed)?
+                .into_iter()
+                .map(|e| e.map(<[u8]>::to_vec))
+                .collect()
+        }
+    };
+    let mut sealed = Vec::with_capacity(elements.len());
+    for e in elements {
+        sealed.push(match e {
+            None => None,
+            Some(v) => Some(cipher.encrypt(format, &v, storage, settings).map_err(bad)?),
+        });
+    }
+    let elem_oid = match storage {
+        crate::config::Storage::Bytea => 17,
+        crate::config::Storage::Text => 25,
+    };
+    Ok(array::encode_binary(elem_oid, &sealed).to_vec())
+}
+
+fn fits_array(declared: u32, app: u32) -> bool {
+    declared == types::array_of(app)
+        || (types::is_text_like(app) && matches!(declared, 1009 | 1015 | 1014))
+}
+
+/// ParameterDescription for a client's Describe: encrypted parameters show
+/// the type the client declared, or the column's own type, never the
+/// storage type.
+pub(super) fn present_parameters(statement: &Statement, frame: &[u8]) -> Option<BytesMut> {
+    if !statement.encrypts_params() {
+        return None;
+    }
+    let mut oids = extended::decode_parameter_description(frame).ok()?;
+    for (i, oid) in oids.iter_mut().enumerate() {
+        if let Some(Some(b)) = statement.params.get(i) {
+            let declared = statement.client_types.get(i).copied().unwrap_or(0);
+            let app = types::pg_type(b.column.value_type).0;
+            *oid = match (declared, b.array) {
+                (0, false) => app,
+                (0, true) => types::array_of(app),
+                (d, _) => d,
+            };
+        }
+    }
+    Some(extended::encode_parameter_description(&oids))
+}
+
+/// How a portal's rows decrypt: its own described columns, else its
+/// statement's, with the result formats of the Bind.
+pub(super) fn portal_decoder(veil: &Veil, portal: &Portal) -> Option<Arc<Decoder>> {
+    let cols = portal
+        .columns
+        .get()
+        .or_else(|| portal.statement.as_ref()?.columns.get())?;
+    if cols.iter().all(Option::is_none) {
+        return None;
+    }
+    let columns = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.clone().map(|e| {
+                let format = if extended::format_of(&portal.result_formats, i) == 1 {
+                    Format::Binary
+                } else {
+                    Format::Text
+                };
+                (e, format)
+            })
+        })
+        .collect();
+    Some(Arc::new(Decoder {
+        columns,
+        keyring: veil.shared.encryption().keyring.clone(),
+    }))
+}
+
+/// A RowDescription answering a Describe: records which columns are
+/// encrypted and rewrites their types. Returns the frame to forward.
+pub(super) fn describe_rows(
+    veil: &Veil,
+    frame: BytesMut,
+    catalog: Option<Arc<Catalog>>,
+    hints: &[Option<Encrypted>],
+    slot: &OnceLock<Vec<Option<Encrypted>>>,
+) -> BytesMut {
+    let Ok(mut fields) = row_description::decode(&frame) else {
+        let _ = slot.set(Vec::new());
+        return frame;
+    };
+    let catalog = catalog.or_else(|| veil.shared.catalog_cached(&veil.key()));
+    let cols = super::encrypted_columns(catalog.as_deref(), hints, &fields);
+    let any = cols.iter().any(Option::is_some);
+    if any {
+        super::present_columns(&mut fields, &cols);
+    }
+    let _ = slot.set(cols);
+    if any {
+        row_description::encode(&fields)
+    } else {
+        frame
+    }
+}
+
+/// After an error: the steps PostgreSQL will skip are dropped, and what
+/// they registered is undone.
+pub(super) fn abandon_steps(st: &mut super::State) {
+    while let Some(Pending::Step(_)) = st.pending.front() {
+        if let Some(Pending::Step(step)) = st.pending.pop_front() {
+            match step {
+                Step::Parse {
+                    name,
+                    new,
+                    previous,
+                } => {
+                    if st
+                        .ext
+                        .statements
+                        .get(&name)
+                        .is_some_and(|s| Arc::ptr_eq(s, &new))
+                    {
+                        match previous {
+                            Some(p) => {
+                                st.ext.statements.insert(name, p);
+                            }
+                            None => {
+                                st.ext.statements.remove(&name);
+                            }
+                        }
+                    }
+                }
+                Step::Bind {
+                    name,
+                    new,
+                    previous,
+                } => {
+                    if st
+                        .ext
+                        .portals
+                        .get(&name)
+                        .is_some_and(|p| Arc::ptr_eq(p, &new))
+                    {
+                        match previous {
+                            Some(p) => {
+                                st.ext.portals.insert(name, p);
+                            }
+                            None => {
+                                st.ext.portals.remove(&name);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if st.pending.is_empty() && st.ext.in_batch {
+        st.ext.skip_until_sync = true;
+    }
+}
+
+/// CloseComplete: forget what was closed, unless it was replaced since.
+pub(super) fn closed(st: &mut super::State, step: Step) {
+    if let Step::Close { statement, portal } = step {
+        if let Some((name, s)) = statement
+            && st
+                .ext
+                .statements
+                .get(&name)
+                .is_some_and(|cur| Arc::ptr_eq(cur, &s))
+        {
+            st.ext.statements.remove(&name);
+        }
+        if let Some((name, p)) = portal
+            && st
+                .ext
+                .portals
+                .get(&name)
+                .is_some_and(|cur| Arc::ptr_eq(cur, &p))
+        {
+            st.ext.portals.remove(&name);
+        }
+    }
+}
+
+/// Logs a step/response mismatch: pgveil lost track of the stream, which
+/// must not happen; the response is forwarded unchanged.
+pub(super) fn out_of_step(tag: u8) {
+    warn!(tag = %(tag as char), "response does not match the expected extended-protocol step");
+}
