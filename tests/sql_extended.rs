@@ -15,7 +15,9 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
 fn config() -> String {
     format!(
-        r#"[keys]
+        r#"[limits]
+shutdown_timeout_ms = 200
+[keys]
 master_key_file = "{}"
 [[encrypt]]
 table = "customers"

@@ -2361,27 +2361,39 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         ));
                     };
                     let to = data_type.to_string().to_lowercase();
-                    let casts = if casts.is_empty() {
-                        let Some(base) = self.extent(expr).and_then(|(a, b)| self.source.range(a, b))
-                        else {
-                            return Err(Refusal::general(
-                                "a cast parameter pgveil cannot locate",
-                                "unparsed",
-                            ));
-                        };
-                        vec![CastSite { range, base, to }]
-                    } else {
-                        // A cast of a cast: the outermost one is rewritten,
-                        // around the innermost expression.
-                        casts
-                            .into_iter()
-                            .map(|c| CastSite {
+                    let Some(inner) = self.extent(expr).and_then(|(a, b)| self.source.range(a, b))
+                    else {
+                        return Err(Refusal::general(
+                            "a cast parameter pgveil cannot locate",
+                            "unparsed",
+                        ));
+                    };
+                    // A cast of a cast (`($1::text)::varchar`) is rewritten
+                    // as one, around the innermost expression; casts written
+                    // elsewhere (inside a VALUES list feeding this column)
+                    // stay as they are, and this one is added.
+                    let mut nested = false;
+                    let mut sites: Vec<CastSite> = Vec::with_capacity(casts.len() + 1);
+                    for c in casts {
+                        if c.range.start >= inner.start && c.range.end <= inner.end {
+                            nested = true;
+                            sites.push(CastSite {
                                 range: range.clone(),
                                 base: c.base,
                                 to: to.clone(),
-                            })
-                            .collect()
-                    };
+                            });
+                        } else {
+                            sites.push(c);
+                        }
+                    }
+                    if !nested {
+                        sites.push(CastSite {
+                            range,
+                            base: inner,
+                            to,
+                        });
+                    }
+                    let casts = sites;
                     Ok(Class::Params(ns, casts))
                 }
                 _ => Ok(Class::Plain),
