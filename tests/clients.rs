@@ -121,7 +121,11 @@ async fn every_driver_runs_the_crm_scenario_through_pgveil() {
         .arg(repo().join("tests/clients/java/JdbcRunner.java"))
         .output()
         .expect("javac runs");
-    assert!(javac.status.success(), "{}", String::from_utf8_lossy(&javac.stderr));
+    assert!(
+        javac.status.success(),
+        "{}",
+        String::from_utf8_lossy(&javac.stderr)
+    );
 
     let s = scenario();
     let steps = s["steps"].as_array().unwrap().len();
@@ -131,12 +135,32 @@ async fn every_driver_runs_the_crm_scenario_through_pgveil() {
     let python = python.to_str().unwrap();
     let classpath = format!("{}:/usr/share/java/postgresql.jar", java_out.display());
     let runners: Vec<(&str, &str, Vec<&str>)> = vec![
-        ("psycopg3", python, vec!["tests/clients/python/psycopg3_runner.py"]),
-        ("psycopg2", python, vec!["tests/clients/python/psycopg2_runner.py"]),
-        ("asyncpg", python, vec!["tests/clients/python/asyncpg_runner.py"]),
-        ("sqlalchemy", python, vec!["tests/clients/python/sqlalchemy_runner.py"]),
+        (
+            "psycopg3",
+            python,
+            vec!["tests/clients/python/psycopg3_runner.py"],
+        ),
+        (
+            "psycopg2",
+            python,
+            vec!["tests/clients/python/psycopg2_runner.py"],
+        ),
+        (
+            "asyncpg",
+            python,
+            vec!["tests/clients/python/asyncpg_runner.py"],
+        ),
+        (
+            "sqlalchemy",
+            python,
+            vec!["tests/clients/python/sqlalchemy_runner.py"],
+        ),
         ("node-pg", "node", vec!["tests/clients/node/pg_runner.mjs"]),
-        ("postgres-js", "node", vec!["tests/clients/node/postgresjs_runner.mjs"]),
+        (
+            "postgres-js",
+            "node",
+            vec!["tests/clients/node/postgresjs_runner.mjs"],
+        ),
         ("pgjdbc", "java", vec!["-cp", &classpath, "JdbcRunner"]),
     ];
     let mut report = Vec::new();
@@ -286,7 +310,7 @@ impl TokioRunner {
 
     /// Runs one statement in this runner's mode; rows as text.
     async fn run(&mut self, sql: &str, params: &[P]) -> R<Rows> {
-        if self.mode == "simple_query" || params.is_empty() && self.mode == "simple_query" {
+        if self.mode == "simple_query" {
             let mut text = sql.to_string();
             for (i, p) in params.iter().enumerate().rev() {
                 text = text.replace(&format!("${}", i + 1), &p.literal());
@@ -394,7 +418,10 @@ impl TokioRunner {
                     )
                     .await?;
                 }
-                let n = one(self.run("SELECT count(*) FROM customers", &[]).await?, "count")?;
+                let n = one(
+                    self.run("SELECT count(*) FROM customers", &[]).await?,
+                    "count",
+                )?;
                 check(n[0].as_deref() == Some("4"), format!("count {n:?}"))
             }
             "find_by_email" => {
@@ -414,7 +441,10 @@ impl TokioRunner {
                 check(row == want, format!("got {row:?}, want {want:?}"))
             }
             "in_list" => {
-                let want = vec!["ada@example.com".to_string(), "alan@example.com".to_string()];
+                let want = vec![
+                    "ada@example.com".to_string(),
+                    "alan@example.com".to_string(),
+                ];
                 for (sql, params) in [
                     (
                         "SELECT email FROM customers WHERE email IN ($1, $2) ORDER BY id",
@@ -443,17 +473,26 @@ impl TokioRunner {
                 )
                 .await?;
                 let row = one(
-                    self.run("SELECT phone FROM customers WHERE email = $1", &[P::t("ada@example.com")])
-                        .await?,
+                    self.run(
+                        "SELECT phone FROM customers WHERE email = $1",
+                        &[P::t("ada@example.com")],
+                    )
+                    .await?,
                     "ada",
                 )?;
-                check(row[0].as_deref() == Some("+44 20 7946 0999"), format!("{row:?}"))
+                check(
+                    row[0].as_deref() == Some("+44 20 7946 0999"),
+                    format!("{row:?}"),
+                )
             }
             "join_leads" => {
                 for l in self.fixture["leads"].as_array().unwrap().clone() {
                     self.run(
                         "INSERT INTO leads (email, source) VALUES ($1, $2)",
-                        &[P::Text(Self::field(&l, "email")), P::Text(Self::field(&l, "source"))],
+                        &[
+                            P::Text(Self::field(&l, "email")),
+                            P::Text(Self::field(&l, "source")),
+                        ],
                     )
                     .await?;
                 }
@@ -479,7 +518,12 @@ impl TokioRunner {
                     .run("SELECT email, count(*) FROM leads GROUP BY email", &[])
                     .await?
                     .into_iter()
-                    .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+                    .map(|r| {
+                        (
+                            r[0].clone().unwrap_or_default(),
+                            r[1].clone().unwrap_or_default(),
+                        )
+                    })
                     .collect();
                 got.sort();
                 let want = vec![
@@ -491,7 +535,10 @@ impl TokioRunner {
             }
             "refused_like" => {
                 match self
-                    .run("SELECT name FROM customers WHERE email LIKE $1", &[P::t("%@example.com")])
+                    .run(
+                        "SELECT name FROM customers WHERE email LIKE $1",
+                        &[P::t("%@example.com")],
+                    )
                     .await
                 {
                     Ok(_) => return Err("LIKE was not refused".into()),
@@ -502,16 +549,26 @@ impl TokioRunner {
             }
             "nulls" => {
                 let a = one(
-                    self.run("SELECT phone FROM customers WHERE email = $1", &[P::t("zoe@example.org")])
-                        .await?,
+                    self.run(
+                        "SELECT phone FROM customers WHERE email = $1",
+                        &[P::t("zoe@example.org")],
+                    )
+                    .await?,
                     "zoe",
                 )?;
                 let b = one(
-                    self.run("SELECT birth_date FROM customers WHERE email = $1", &[P::t("alan@example.com")])
-                        .await?,
+                    self.run(
+                        "SELECT birth_date FROM customers WHERE email = $1",
+                        &[P::t("alan@example.com")],
+                    )
+                    .await?,
                     "alan",
                 )?;
-                let c = one(self.run("SELECT count(*) FROM customers WHERE phone IS NULL", &[]).await?, "n")?;
+                let c = one(
+                    self.run("SELECT count(*) FROM customers WHERE phone IS NULL", &[])
+                        .await?,
+                    "n",
+                )?;
                 check(
                     a[0].is_none() && b[0].is_none() && c[0].as_deref() == Some("1"),
                     format!("{a:?} {b:?} {c:?}"),
@@ -520,16 +577,24 @@ impl TokioRunner {
             "non_ascii" => {
                 let name = Self::field(&self.customers()[2], "name").unwrap_or_default();
                 let a = one(
-                    self.run("SELECT name FROM customers WHERE email = $1", &[P::t("zoe@example.org")])
-                        .await?,
+                    self.run(
+                        "SELECT name FROM customers WHERE email = $1",
+                        &[P::t("zoe@example.org")],
+                    )
+                    .await?,
                     "zoe",
                 )?;
                 let b = one(
-                    self.run("SELECT email FROM customers WHERE name = $1", &[P::t(&name)]).await?,
+                    self.run(
+                        "SELECT email FROM customers WHERE name = $1",
+                        &[P::t(&name)],
+                    )
+                    .await?,
                     "by name",
                 )?;
                 check(
-                    a[0].as_deref() == Some(name.as_str()) && b[0].as_deref() == Some("zoe@example.org"),
+                    a[0].as_deref() == Some(name.as_str())
+                        && b[0].as_deref() == Some("zoe@example.org"),
                     format!("{a:?} {b:?}"),
                 )
             }
@@ -541,27 +606,44 @@ impl TokioRunner {
                 )
                 .await?;
                 let r = one(
-                    self.run("SELECT name FROM customers WHERE email = $1", &[P::t("big@example.com")])
-                        .await?,
+                    self.run(
+                        "SELECT name FROM customers WHERE email = $1",
+                        &[P::t("big@example.com")],
+                    )
+                    .await?,
                     "big",
                 )?;
-                check(r[0].as_deref() == Some(big.as_str()), "large value differs".into())
+                check(
+                    r[0].as_deref() == Some(big.as_str()),
+                    "large value differs".into(),
+                )
             }
             "delete" => {
-                self.run("DELETE FROM customers WHERE email = $1", &[P::t("big@example.com")])
-                    .await?;
-                let n = one(self.run("SELECT count(*) FROM customers", &[]).await?, "count")?;
+                self.run(
+                    "DELETE FROM customers WHERE email = $1",
+                    &[P::t("big@example.com")],
+                )
+                .await?;
+                let n = one(
+                    self.run("SELECT count(*) FROM customers", &[]).await?,
+                    "count",
+                )?;
                 check(n[0].as_deref() == Some("4"), format!("{n:?}"))
             }
             "direct_no_plaintext" => {
-                let direct = support::try_connect(&self.direct_conn).await.map_err(fmt_err)?;
+                let direct = support::try_connect(&self.direct_conn)
+                    .await
+                    .map_err(fmt_err)?;
                 let mut needles = vec!["ada@".to_string(), "Lovelace".into(), "1815-12-10".into()];
                 for c in self.customers() {
                     for k in ["name", "email", "phone"] {
                         needles.extend(Self::field(&c, k));
                     }
                 }
-                for sql in ["SELECT c::text FROM customers c", "SELECT l::text FROM leads l"] {
+                for sql in [
+                    "SELECT c::text FROM customers c",
+                    "SELECT l::text FROM leads l",
+                ] {
                     for m in direct.simple_query(sql).await.map_err(fmt_err)? {
                         if let SimpleQueryMessage::Row(r) = m {
                             let text = r.get(0).unwrap_or_default();
@@ -598,7 +680,13 @@ fn days_text(days: i32) -> String {
 
 #[test]
 fn dates_round_trip() {
-    for s in ["2000-01-01", "1815-12-10", "1906-12-09", "1990-02-28", "2024-02-29"] {
+    for s in [
+        "2000-01-01",
+        "1815-12-10",
+        "1906-12-09",
+        "1990-02-28",
+        "2024-02-29",
+    ] {
         assert_eq!(days_text(Days::parse(s).0), s);
     }
     assert_eq!(Days::parse("2000-01-02"), Days(1));

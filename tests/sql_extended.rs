@@ -73,9 +73,16 @@ impl<'a> FromSql<'a> for Days {
     }
 }
 
-async fn setup(pg: &PgCluster, db: &str) -> (Proxy, tokio_postgres::Client, tokio_postgres::Client) {
+async fn setup(
+    pg: &PgCluster,
+    db: &str,
+) -> (Proxy, tokio_postgres::Client, tokio_postgres::Client) {
     pg.fresh_database(db).await;
-    let direct = support::connect(&pg.conn_str().replace("dbname=postgres", &format!("dbname={db}"))).await;
+    let direct = support::connect(
+        &pg.conn_str()
+            .replace("dbname=postgres", &format!("dbname={db}")),
+    )
+    .await;
     direct.batch_execute(SCHEMA).await.unwrap();
     let proxy = Proxy::start(pg, &config()).await;
     let client = support::connect(
@@ -87,7 +94,13 @@ async fn setup(pg: &PgCluster, db: &str) -> (Proxy, tokio_postgres::Client, toki
     (proxy, client, direct)
 }
 
-async fn insert(c: &tokio_postgres::Client, name: &str, email: &str, born: Option<Days>, score: i32) {
+async fn insert(
+    c: &tokio_postgres::Client,
+    name: &str,
+    email: &str,
+    born: Option<Days>,
+    score: i32,
+) {
     c.execute(
         "INSERT INTO customers (name, email, birth_date, score, country) VALUES ($1, $2, $3, $4, 'GB')",
         &[&name, &email, &born, &score],
@@ -100,7 +113,14 @@ async fn insert(c: &tokio_postgres::Client, name: &str, email: &str, born: Optio
 async fn prepared_statements_encrypt_parameters_and_decrypt_binary_results() {
     let pg = cluster();
     let (proxy, c, direct) = setup(pg, "ext_basic").await;
-    insert(&c, "Ada Lovelace", "ada@example.com", Some(Days(-67_000)), 42).await;
+    insert(
+        &c,
+        "Ada Lovelace",
+        "ada@example.com",
+        Some(Days(-67_000)),
+        42,
+    )
+    .await;
     insert(&c, "Zoë Ångström", "zoe@example.org", None, -7).await;
 
     // Named statement, binary parameters and results.
@@ -127,7 +147,10 @@ async fn prepared_statements_encrypt_parameters_and_decrypt_binary_results() {
 
     // Equality on an encrypted int and date, bound in binary.
     let n = c
-        .query_one("SELECT count(*) FROM customers WHERE score = $1 AND birth_date = $2", &[&42i32, &Days(-67_000)])
+        .query_one(
+            "SELECT count(*) FROM customers WHERE score = $1 AND birth_date = $2",
+            &[&42i32, &Days(-67_000)],
+        )
         .await
         .unwrap();
     assert_eq!(n.get::<_, i64>(0), 1);
@@ -143,14 +166,24 @@ async fn prepared_statements_encrypt_parameters_and_decrypt_binary_results() {
     assert_eq!(rows[0].get::<_, String>(0), "zoe@example.org");
 
     // Simple protocol on the same session still works.
-    let msgs = c.simple_query("SELECT name FROM customers WHERE email = 'ada@example.com'").await.unwrap();
+    let msgs = c
+        .simple_query("SELECT name FROM customers WHERE email = 'ada@example.com'")
+        .await
+        .unwrap();
     assert!(msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("Ada Lovelace"))));
 
     // Nothing readable at rest.
-    for row in direct.simple_query("SELECT c::text FROM customers c").await.unwrap() {
+    for row in direct
+        .simple_query("SELECT c::text FROM customers c")
+        .await
+        .unwrap()
+    {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
             let text = r.get(0).unwrap();
-            assert!(!text.contains("ada@") && !text.contains("Lovelace") && !text.contains("Zo"), "{text}");
+            assert!(
+                !text.contains("ada@") && !text.contains("Lovelace") && !text.contains("Zo"),
+                "{text}"
+            );
         }
     }
     proxy.stop().await;
@@ -162,17 +195,32 @@ async fn arrays_in_lists_and_joins() {
     let (proxy, c, _direct) = setup(pg, "ext_arrays").await;
     for (i, e) in ["a@x.com", "b@x.com", "c@x.com"].iter().enumerate() {
         insert(&c, &format!("N{i}"), e, None, i as i32).await;
-        c.execute("INSERT INTO leads (email, source) VALUES ($1, $2)", &[e, &"web"]).await.unwrap();
+        c.execute(
+            "INSERT INTO leads (email, source) VALUES ($1, $2)",
+            &[e, &"web"],
+        )
+        .await
+        .unwrap();
     }
-    let list = vec!["a@x.com".to_string(), "c@x.com".to_string(), "zz@x.com".to_string()];
+    let list = vec![
+        "a@x.com".to_string(),
+        "c@x.com".to_string(),
+        "zz@x.com".to_string(),
+    ];
     let rows = c
-        .query("SELECT email FROM customers WHERE email = ANY($1) ORDER BY id", &[&list])
+        .query(
+            "SELECT email FROM customers WHERE email = ANY($1) ORDER BY id",
+            &[&list],
+        )
         .await
         .unwrap();
     let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(got, vec!["a@x.com", "c@x.com"]);
     let rows = c
-        .query("SELECT email FROM customers WHERE email IN ($1, $2) ORDER BY id", &[&"b@x.com", &"c@x.com"])
+        .query(
+            "SELECT email FROM customers WHERE email IN ($1, $2) ORDER BY id",
+            &[&"b@x.com", &"c@x.com"],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
@@ -185,7 +233,10 @@ async fn arrays_in_lists_and_joins() {
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "N1");
     let rows = c
-        .query("SELECT email, count(*) FROM leads GROUP BY email ORDER BY 2", &[])
+        .query(
+            "SELECT email, count(*) FROM leads GROUP BY email ORDER BY 2",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 3);
@@ -204,31 +255,55 @@ async fn refusal_mid_pipeline_rolls_back_like_a_database_error() {
     assert_eq!(db.code().code(), "0A000");
     assert!(db.message().starts_with("pgveil:"), "{}", db.message());
     // The session still works.
-    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
 
     // In a transaction: the refusal aborts it, as a database error would.
     c.batch_execute("BEGIN").await.unwrap();
     insert(&c, "T", "t@x.com", None, 1).await;
-    assert!(c.query("SELECT 1 FROM customers WHERE email < $1", &[&"m"]).await.is_err());
+    assert!(
+        c.query("SELECT 1 FROM customers WHERE email < $1", &[&"m"])
+            .await
+            .is_err()
+    );
     let e = c.query("SELECT 1", &[]).await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
-    let n: i64 = direct.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 
     // Pipelined: many statements before one Sync; the refused one fails and
     // the others still complete (tokio-postgres syncs each query).
     let c = std::sync::Arc::new(c);
-    let stmt = c.prepare("INSERT INTO customers (name, email) VALUES ($1, $2)").await.unwrap();
+    let stmt = c
+        .prepare("INSERT INTO customers (name, email) VALUES ($1, $2)")
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let email = format!("p{i}@x.com");
         let (stmt, c) = (stmt.clone(), c.clone());
-        tasks.spawn(async move { c.execute(&stmt, &[&format!("P{i}"), &email]).await.map(|_| ()) });
+        tasks.spawn(async move {
+            c.execute(&stmt, &[&format!("P{i}"), &email])
+                .await
+                .map(|_| ())
+        });
     }
     let results = tasks.join_all().await;
     assert!(results.iter().all(Result::is_ok));
-    let n = c.query_one("SELECT count(*) FROM customers WHERE email = ANY($1)", &[&vec!["p3@x.com", "p19@x.com"]]).await.unwrap();
+    let n = c
+        .query_one(
+            "SELECT count(*) FROM customers WHERE email = ANY($1)",
+            &[&vec!["p3@x.com", "p19@x.com"]],
+        )
+        .await
+        .unwrap();
     assert_eq!(n.get::<_, i64>(0), 2);
     proxy.stop().await;
 }
@@ -237,12 +312,20 @@ async fn refusal_mid_pipeline_rolls_back_like_a_database_error() {
 async fn portals_with_row_limits_stream_decrypted_rows() {
     let pg = cluster();
     let (proxy, mut c, _direct) = setup(pg, "ext_portal").await;
-    let stmt = c.prepare("INSERT INTO customers (name, email) VALUES ($1, $2)").await.unwrap();
+    let stmt = c
+        .prepare("INSERT INTO customers (name, email) VALUES ($1, $2)")
+        .await
+        .unwrap();
     for i in 0..25 {
-        c.execute(&stmt, &[&format!("Name {i}"), &format!("e{i}@x.com")]).await.unwrap();
+        c.execute(&stmt, &[&format!("Name {i}"), &format!("e{i}@x.com")])
+            .await
+            .unwrap();
     }
     let tx = c.transaction().await.unwrap();
-    let q = tx.prepare("SELECT name, email FROM customers ORDER BY id").await.unwrap();
+    let q = tx
+        .prepare("SELECT name, email FROM customers ORDER BY id")
+        .await
+        .unwrap();
     let portal = tx.bind(&q, &[]).await.unwrap();
     let mut seen = 0;
     loop {
@@ -279,29 +362,53 @@ async fn orm_shapes_casts_values_lists_and_sql_prepare() {
     assert_eq!(rows[1].get::<_, String>(1), "b@orm.com");
     // Casts as ORMs write them.
     let r = c
-        .query_one("SELECT name FROM customers WHERE email = CAST($1 AS VARCHAR(255))", &[&"a@orm.com"])
+        .query_one(
+            "SELECT name FROM customers WHERE email = CAST($1 AS VARCHAR(255))",
+            &[&"a@orm.com"],
+        )
         .await
         .unwrap();
     assert_eq!(r.get::<_, String>(0), "A");
     let country: String = direct
-        .query_one("SELECT country FROM customers WHERE name IS NOT NULL ORDER BY id LIMIT 1", &[])
+        .query_one(
+            "SELECT country FROM customers WHERE name IS NOT NULL ORDER BY id LIMIT 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(country, "GB");
     // A parameter used both for an encrypted column and as plaintext.
     let e = c
-        .query("SELECT 1 FROM customers WHERE email = $1 AND country = $1", &[&"x"])
+        .query(
+            "SELECT 1 FROM customers WHERE email = $1 AND country = $1",
+            &[&"x"],
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "0A000");
     // SQL-level PREPARE/EXECUTE and DEALLOCATE alongside protocol statements.
-    c.batch_execute("PREPARE byemail(text) AS SELECT name FROM customers WHERE email = $1").await.unwrap();
-    let msgs = c.simple_query("EXECUTE byemail('b@orm.com')").await.unwrap();
-    assert!(msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("B"))));
+    c.batch_execute("PREPARE byemail(text) AS SELECT name FROM customers WHERE email = $1")
+        .await
+        .unwrap();
+    let msgs = c
+        .simple_query("EXECUTE byemail('b@orm.com')")
+        .await
+        .unwrap();
+    assert!(
+        msgs.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("B"))
+        )
+    );
     c.batch_execute("DEALLOCATE byemail").await.unwrap();
     c.batch_execute("DISCARD ALL").await.unwrap();
-    let r = c.query_one("SELECT name FROM customers WHERE email = $1", &[&"b@orm.com"]).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT name FROM customers WHERE email = $1",
+            &[&"b@orm.com"],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.get::<_, String>(0), "B");
     proxy.stop().await;
 }
@@ -311,8 +418,19 @@ async fn large_values_and_bad_values() {
     let pg = cluster();
     let (proxy, c, _direct) = setup(pg, "ext_large").await;
     let big: String = "Zoë".to_string() + &"x".repeat(1_048_573);
-    c.execute("INSERT INTO customers (name, email) VALUES ($1, $2)", &[&big, &"big@x.com"]).await.unwrap();
-    let r = c.query_one("SELECT name FROM customers WHERE email = $1", &[&"big@x.com"]).await.unwrap();
+    c.execute(
+        "INSERT INTO customers (name, email) VALUES ($1, $2)",
+        &[&big, &"big@x.com"],
+    )
+    .await
+    .unwrap();
+    let r = c
+        .query_one(
+            "SELECT name FROM customers WHERE email = $1",
+            &[&"big@x.com"],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.get::<_, String>(0), big);
     // A value that is not valid for the column's type: refused, session fine.
     let e = c
@@ -322,7 +440,13 @@ async fn large_values_and_bad_values() {
         )
         .await
         .unwrap_err();
-    assert!(e.as_db_error().unwrap().message().starts_with("pgveil:"), "{e:?}");
-    assert_eq!(c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+    assert!(
+        e.as_db_error().unwrap().message().starts_with("pgveil:"),
+        "{e:?}"
+    );
+    assert_eq!(
+        c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        2
+    );
     proxy.stop().await;
 }

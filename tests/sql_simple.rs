@@ -271,17 +271,28 @@ async fn refusals_behave_like_database_errors() {
 }
 
 #[tokio::test]
-async fn extended_protocol_on_encrypted_tables_is_refused_for_now() {
+async fn simple_and_extended_protocols_share_one_session() {
     let pg = cluster();
     let db = fixture(pg, "crm_extended").await;
     let proxy = Proxy::start(pg, &crm_config()).await;
     let c = connect_db(&proxy, pg, &db).await;
     c.batch_execute(SCHEMA).await.unwrap();
-    let err = c
-        .query(
-            "SELECT email FROM customers WHERE email = $1",
+    q(
+        &c,
+        "INSERT INTO customers (id, email, phone) VALUES (1, 'a@example.com', '555')",
+    )
+    .await;
+    let row = c
+        .query_one(
+            "SELECT email, phone FROM customers WHERE email = $1",
             &[&"a@example.com"],
         )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "a@example.com");
+    assert_eq!(row.get::<_, String>(1), "555");
+    let err = c
+        .query("SELECT 1 FROM customers WHERE email LIKE $1", &[&"a%"])
         .await
         .unwrap_err();
     let db_err = err.as_db_error().unwrap();

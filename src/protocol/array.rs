@@ -194,7 +194,10 @@ mod tests {
                 Some("d,e".into())
             ]
         );
-        assert_eq!(text("[1:2]={x,y}"), vec![Some("x".into()), Some("y".into())]);
+        assert_eq!(
+            text("[1:2]={x,y}"),
+            vec![Some("x".into()), Some("y".into())]
+        );
         assert_eq!(text("{\"q\\\"uote\"}"), vec![Some("q\"uote".into())]);
         assert_eq!(parse_text(b"{{a},{b}}"), Err(ArrayError::Dimensions));
         for bad in ["", "{", "{a,}", "{,a}", "{\"a}", "a", "{a\"b}"] {

@@ -1139,7 +1139,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
             let elem = match elem.split_once('(') {
                 // A length on a text type (`varchar(255)`) would truncate
                 // ciphertext; the cast is rewritten, so it cannot.
-                Some((base, _)) if matches!(col.value_type, ValueType::Text | ValueType::Varchar) => {
+                Some((base, _))
+                    if matches!(col.value_type, ValueType::Text | ValueType::Varchar) =>
+                {
                     base.trim()
                 }
                 _ => elem,

@@ -437,14 +437,13 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     shared
         .metrics
         .statements_total
-        .with_label_values(&["extended", if changed { "rewritten" } else { "passthrough" }])
+        .with_label_values(&[
+            "extended",
+            if changed { "rewritten" } else { "passthrough" },
+        ])
         .inc();
     let mut out = if changed {
-        extended::encode_parse(
-            parsed.name,
-            new_text.as_deref().unwrap_or(text),
-            &declared,
-        )
+        extended::encode_parse(parsed.name, new_text.as_deref().unwrap_or(text), &declared)
     } else {
         BytesMut::from(frame)
     };
@@ -574,9 +573,10 @@ fn encrypt_param(
     let type_name = col.value_type.name();
     let bad = |e: crate::crypto::CryptoError| Refusal::bad_value(&name, type_name, e.sqlstate());
     let app = types::pg_type(col.value_type).0;
-    let fits = |oid: u32| oid == 0 || oid == app || (types::is_text_like(oid) && types::is_text_like(app));
+    let fits =
+        |oid: u32| oid == 0 || oid == app || (types::is_text_like(oid) && types::is_text_like(app));
     let format = if format == 1 {
-        if !fits(declared) && !(binding.array && fits_array(declared, app)) {
+        if !(fits(declared) || binding.array && fits_array(declared, app)) {
             return Err(Refusal::on_column(
                 &name,
                 format!("a binary parameter of type OID {declared} (the column holds {type_name})"),
@@ -588,7 +588,9 @@ fn encrypt_param(
         Format::Text
     };
     if !binding.array {
-        return cipher.encrypt(format, value, storage, settings).map_err(bad);
+        return cipher
+            .encrypt(format, value, storage, settings)
+            .map_err(bad);
     }
     let malformed = |e: array::ArrayError| {
         Refusal::on_column(&name, format!("an array parameter: {e}"), "unsupported")
@@ -715,57 +717,40 @@ pub(super) fn describe_rows(
 /// they registered is undone.
 pub(super) fn abandon_steps(st: &mut super::State) {
     while let Some(Pending::Step(_)) = st.pending.front() {
-        if let Some(Pending::Step(step)) = st.pending.pop_front() {
-            match step {
-                Step::Parse {
-                    name,
-                    new,
-                    previous,
-                } => {
-                    if st
-                        .ext
-                        .statements
-                        .get(&name)
-                        .is_some_and(|s| Arc::ptr_eq(s, &new))
-                    {
-                        match previous {
-                            Some(p) => {
-                                st.ext.statements.insert(name, p);
-                            }
-                            None => {
-                                st.ext.statements.remove(&name);
-                            }
-                        }
-                    }
-                }
-                Step::Bind {
-                    name,
-                    new,
-                    previous,
-                } => {
-                    if st
-                        .ext
-                        .portals
-                        .get(&name)
-                        .is_some_and(|p| Arc::ptr_eq(p, &new))
-                    {
-                        match previous {
-                            Some(p) => {
-                                st.ext.portals.insert(name, p);
-                            }
-                            None => {
-                                st.ext.portals.remove(&name);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
+        match st.pending.pop_front() {
+            Some(Pending::Step(Step::Parse {
+                name,
+                new,
+                previous,
+            })) => restore(&mut st.ext.statements, name, &new, previous),
+            Some(Pending::Step(Step::Bind {
+                name,
+                new,
+                previous,
+            })) => restore(&mut st.ext.portals, name, &new, previous),
+            _ => {}
         }
     }
     if st.pending.is_empty() && st.ext.in_batch {
         st.ext.skip_until_sync = true;
     }
+}
+
+/// Undoes a registration the server never confirmed, unless it was
+/// replaced since.
+fn restore<T>(
+    map: &mut HashMap<String, Arc<T>>,
+    name: String,
+    new: &Arc<T>,
+    previous: Option<Arc<T>>,
+) {
+    if !map.get(&name).is_some_and(|cur| Arc::ptr_eq(cur, new)) {
+        return;
+    }
+    match previous {
+        Some(p) => map.insert(name, p),
+        None => map.remove(&name),
+    };
 }
 
 /// CloseComplete: forget what was closed, unless it was replaced since.

@@ -332,7 +332,8 @@ where
     let mut started = false;
     loop {
         loop {
-            let inspect = |tag: u8| matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F');
+            let inspect =
+                |tag: u8| matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F');
             match framer.next(&mut buf, inspect) {
                 Ok(Some(Chunk::Forward(bytes))) => {
                     out.extend_from_slice(&bytes);
@@ -904,7 +905,9 @@ fn refusal_token(veil: &Veil, text: &str, refusal: Refusal, protocol: &str) -> S
     let _ = getrandom::fill(&mut token);
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
     let relation = format!("pgveil_refused_{token}");
-    veil.state().refusal_tokens.push((relation.clone(), refusal));
+    veil.state()
+        .refusal_tokens
+        .push((relation.clone(), refusal));
     relation
 }
 
@@ -1004,7 +1007,17 @@ where
             let inspect = |tag: u8| {
                 all || matches!(
                     tag,
-                    b'Z' | b'T' | b'C' | b'I' | b'E' | b'S' | b'1' | b'2' | b'3' | b't' | b'n' | b's'
+                    b'Z' | b'T'
+                        | b'C'
+                        | b'I'
+                        | b'E'
+                        | b'S'
+                        | b'1'
+                        | b'2'
+                        | b'3'
+                        | b't'
+                        | b'n'
+                        | b's'
                 ) || (rows && tag == b'D')
             };
             match framer.next(&mut buf, inspect) {
@@ -1305,9 +1318,13 @@ fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMu
                     injected,
                 } => {
                     let out = match statement {
-                        Some(s) if tag == b'T' => {
-                            extended::describe_rows(veil, frame, s.catalog.clone(), &s.hints, &s.columns)
-                        }
+                        Some(s) if tag == b'T' => extended::describe_rows(
+                            veil,
+                            frame,
+                            s.catalog.clone(),
+                            &s.hints,
+                            &s.columns,
+                        ),
                         Some(s) => {
                             let _ = s.columns.set(Vec::new());
                             frame
