@@ -450,3 +450,288 @@ async fn large_values_and_bad_values() {
     );
     proxy.stop().await;
 }
+
+/// A hand-driven protocol client (trust authentication), to send exactly
+/// the pipelines drivers send and see every response tag.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(port: u16, db: &str) -> Raw {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut body = BytesMut::new();
+        body.put_i32(196_608);
+        for (k, v) in [("user", "postgres"), ("database", db)] {
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut msg = BytesMut::new();
+        msg.put_i32(body.len() as i32 + 4);
+        msg.put_slice(&body);
+        stream.write_all(&msg).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+        };
+        raw.until_ready().await;
+        raw
+    }
+
+    async fn send(&mut self, msgs: &[BytesMut]) {
+        use tokio::io::AsyncWriteExt;
+        for m in msgs {
+            self.stream.write_all(m).await.unwrap();
+        }
+    }
+
+    /// Messages up to and including ReadyForQuery, as (tag, body).
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        loop {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < len + 1 {
+                    break;
+                }
+                let m = self.buf.split_to(len + 1);
+                out.push((m[0], m[5..].to_vec()));
+                if m[0] == b'Z' {
+                    return out;
+                }
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("response in time")
+            .unwrap();
+            assert!(n > 0, "connection closed; got {out:?}");
+        }
+    }
+}
+
+fn msg(tag: u8, body: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u8(tag);
+    b.put_i32(body.len() as i32 + 4);
+    b.put_slice(body);
+    b
+}
+
+fn parse_msg(name: &str, sql: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    for s in [name, sql] {
+        b.put_slice(s.as_bytes());
+        b.put_u8(0);
+    }
+    b.put_i16(0);
+    msg(b'P', &b)
+}
+
+fn bind_msg(stmt: &str, params: &[&str]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u8(0);
+    b.put_slice(stmt.as_bytes());
+    b.put_u8(0);
+    b.put_i16(0);
+    b.put_i16(params.len() as i16);
+    for p in params {
+        b.put_i32(p.len() as i32);
+        b.put_slice(p.as_bytes());
+    }
+    b.put_i16(0);
+    msg(b'B', &b)
+}
+
+fn execute_msg() -> BytesMut {
+    msg(b'E', b"\0\0\0\0\0")
+}
+
+fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+#[tokio::test]
+async fn a_refusal_inside_an_unsynced_pipeline_fails_it_in_the_database() {
+    let pg = PgCluster::start(&support::find_pg_bin(), "trust", &[]);
+    let db = "ext_raw";
+    pg.fresh_database(db).await;
+    let direct = support::connect(
+        &pg.conn_str()
+            .replace("dbname=postgres", &format!("dbname={db}")),
+    )
+    .await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = Proxy::start(&pg, &config()).await;
+    let mut raw = Raw::connect(proxy.port, db).await;
+
+    // INSERT, then a refused statement, then another INSERT, one Sync: the
+    // database rolls back the first INSERT, skips the rest.
+    raw.send(&[
+        parse_msg("", "INSERT INTO customers (name, email) VALUES ($1, $2)"),
+        bind_msg("", &["One", "one@x.com"]),
+        execute_msg(),
+        parse_msg("", "SELECT 1 FROM customers WHERE email LIKE $1"),
+        bind_msg("", &["%"]),
+        execute_msg(),
+        parse_msg("", "INSERT INTO customers (name, email) VALUES ($1, $2)"),
+        bind_msg("", &["Two", "two@x.com"]),
+        execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    assert_eq!(tags(&got), "12CEZ", "{got:?}");
+    let err = String::from_utf8_lossy(&got[3].1).to_string();
+    assert!(err.contains("C0A000") && err.contains("Mpgveil:"), "{err}");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the pipeline's implicit transaction is rolled back");
+
+    // Named statement, Describe of statement and portal, a row limit with
+    // PortalSuspended, Close, and the session in step afterwards.
+    raw.send(&[
+        parse_msg("ins", "INSERT INTO customers (name, email) VALUES ($1, $2)"),
+        bind_msg("ins", &["A", "a@x.com"]),
+        execute_msg(),
+        bind_msg("ins", &["B", "b@x.com"]),
+        execute_msg(),
+        parse_msg("sel", "SELECT name, email FROM customers ORDER BY id"),
+        msg(b'D', b"Ssel\0"),
+        bind_msg("sel", &[]),
+        msg(b'D', b"P\0"),
+        msg(b'E', b"\0\0\0\0\x01"),
+        msg(b'E', b"\0\0\0\0\x01"),
+        msg(b'C', b"Sins\0"),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    assert_eq!(tags(&got), "12C2C1tT2TDsDs3Z", "{got:?}");
+    let row = &got[10].1;
+    assert!(
+        String::from_utf8_lossy(row).contains("A")
+            && String::from_utf8_lossy(row).contains("a@x.com"),
+        "{row:?}"
+    );
+    // ParameterDescription of "sel" (no parameters) and RowDescription with
+    // text, not bytea, for the encrypted columns.
+    let t = &got[7].1;
+    assert!(
+        !t.windows(4).any(|w| w == 17u32.to_be_bytes()),
+        "bytea in {t:?}"
+    );
+
+    // Error recovery: an error from the database itself mid-pipeline.
+    raw.send(&[
+        parse_msg("", "SELECT 1/0"),
+        bind_msg("", &[]),
+        execute_msg(),
+        parse_msg("", "SELECT email FROM customers WHERE email = $1"),
+        bind_msg("", &["a@x.com"]),
+        execute_msg(),
+        msg(b'S', b""),
+        parse_msg("", "SELECT email FROM customers WHERE email = $1"),
+        bind_msg("", &["b@x.com"]),
+        execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    // (PostgreSQL plans the unnamed statement at Bind: 1/0 fails there.)
+    assert_eq!(tags(&raw.until_ready().await), "1EZ");
+    let got = raw.until_ready().await;
+    assert_eq!(tags(&got), "12DCZ", "{got:?}");
+    assert!(String::from_utf8_lossy(&got[2].1).contains("b@x.com"));
+    drop(raw);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_encrypted_columns_ends_sessions_holding_statements() {
+    let pg = cluster();
+    let db = "ext_reload";
+    pg.fresh_database(db).await;
+    let direct = support::connect(
+        &pg.conn_str()
+            .replace("dbname=postgres", &format!("dbname={db}")),
+    )
+    .await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let port = support::free_port();
+    let base = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n",
+        pg.port
+    );
+    std::fs::write(&path, format!("{base}{}", config())).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let conn = pg
+        .conn_str_on(port)
+        .replace("dbname=postgres", &format!("dbname={db}"));
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = support::try_connect(&conn).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let c = client.expect("pgveil started");
+    let stmt = c
+        .prepare("INSERT INTO leads (source) VALUES ($1)")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&"web"]).await.unwrap();
+    // Reload with leads.source now encrypted: the statement would bind
+    // plaintext into it, so the session ends.
+    let extra = "[[encrypt]]\ntable = \"leads\"\ncolumn = \"source\"\n";
+    direct
+        .batch_execute("ALTER TABLE leads ALTER COLUMN source TYPE bytea USING NULL")
+        .await
+        .unwrap();
+    std::fs::write(&path, format!("{base}{}{extra}", config())).unwrap();
+    let pid = child.id() as i32;
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let err = c.execute(&stmt, &[&"web"]).await.unwrap_err();
+    assert!(format!("{err:?}").contains("reloaded"), "{err:?}");
+    // A new session prepares it again and the value is encrypted.
+    let c2 = support::connect(&conn).await;
+    c2.execute(
+        "INSERT INTO leads (source) VALUES ($1)",
+        &[&"fresh-source-marker"],
+    )
+    .await
+    .unwrap();
+    let stored: Option<Vec<u8>> = direct
+        .query_one("SELECT source FROM leads WHERE source IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!String::from_utf8_lossy(&stored.unwrap()).contains("marker"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
