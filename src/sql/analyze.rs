@@ -3200,6 +3200,90 @@ mod tests {
         assert_eq!(a.statements[0].deallocated, Some(Some("f".to_string())));
     }
 
+    /// Parameters bound to encrypted columns, and the text each cast
+    /// replacement puts in place of what.
+    fn bindings(sql: &str) -> (Vec<(usize, String, bool)>, Vec<(String, String)>) {
+        let a = run(sql);
+        assert!(a.refusal.is_none(), "{sql}: {:?}", a.refusal);
+        let plan = &a.statements[0];
+        let params = plan
+            .params
+            .iter()
+            .map(|(n, b)| (*n, b.column.id.column.clone(), b.array))
+            .collect();
+        let casts = plan
+            .replacements
+            .iter()
+            .map(|(r, t)| (sql[r.clone()].to_string(), t.clone()))
+            .collect();
+        (params, casts)
+    }
+
+    #[test]
+    fn parameters_are_bound_directly_through_casts_and_values_lists() {
+        let (p, c) = bindings("select id from customers where email = $1 and id = $2");
+        assert_eq!(p, vec![(1, "email".to_string(), false)]);
+        assert!(c.is_empty());
+        let (p, c) = bindings(
+            "select id from customers where email = $1::text or email = CAST($2 AS VARCHAR(255))",
+        );
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            c,
+            vec![
+                ("$1::text".to_string(), "CAST(($1) AS bytea)".to_string()),
+                (
+                    "CAST($2 AS VARCHAR(255))".to_string(),
+                    "CAST(($2) AS bytea)".to_string()
+                )
+            ]
+        );
+        let (_, c) = bindings("select 1 from customers where email = ($1::text)::varchar");
+        assert_eq!(
+            c,
+            vec![(
+                "($1::text)::varchar".to_string(),
+                "CAST(($1) AS bytea)".to_string()
+            )]
+        );
+        // SQLAlchemy 2's bulk insert.
+        let sql = "INSERT INTO customers (email, birth_date, id) SELECT p0::VARCHAR, p1::DATE, p2::INTEGER FROM \
+                   (VALUES ($1::VARCHAR, $2::DATE, $3::INTEGER, 0), ($4::VARCHAR, $5::DATE, $6::INTEGER, 1)) \
+                   AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING customers.id";
+        let (p, c) = bindings(sql);
+        let bound: Vec<usize> = p.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(bound, vec![1, 2, 4, 5]);
+        assert!(c.contains(&("p0::VARCHAR".to_string(), "CAST((p0) AS bytea)".to_string())));
+        assert!(c.contains(&("$5::DATE".to_string(), "CAST(($5) AS bytea)".to_string())));
+        assert!(!c.iter().any(|(from, _)| from.contains("INTEGER")));
+        // IN lists and arrays.
+        let (p, _) = bindings("select 1 from customers where email in ($1, $2)");
+        assert_eq!(p.len(), 2);
+        let (p, c) = bindings("select 1 from customers where email = any($1::text[])");
+        assert_eq!(p, vec![(1, "email".to_string(), true)]);
+        assert_eq!(
+            c,
+            vec![(
+                "$1::text[]".to_string(),
+                "CAST(($1) AS bytea[])".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn parameters_used_as_plaintext_or_cast_away_are_refused() {
+        for sql in [
+            "select 1 from customers where email = $1 and id = $1",
+            "select $1 from customers where email = $1",
+            "select 1 from customers where email = $1::int",
+            "select 1 from customers where email = lower($1)",
+            "select 1 from customers where email = $1 and birth_date = $1",
+            "insert into customers (email, id) values ($1, $1)",
+        ] {
+            assert!(run(sql).refusal.is_some(), "{sql}");
+        }
+    }
+
     #[test]
     fn origin_less_ciphertext_beside_unknown_wildcard_is_refused() {
         let r = refused("select *, (select email from customers limit 1) from other_table");

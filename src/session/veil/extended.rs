@@ -214,6 +214,9 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
             if frame[0] == b'S' {
                 st.ext.skip_until_sync = false;
                 st.ext.in_batch = false;
+            } else if st.ext.skip_until_sync {
+                // A FunctionCall the server skips: no ReadyForQuery.
+                return Ok(BytesMut::from(frame));
             }
             st.pending.push_back(Pending::Passthrough(Instant::now()));
             Ok(BytesMut::from(frame))

@@ -427,6 +427,11 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     if let Some(c) = veil.shared.catalog_cached(&veil.key()) {
         return Some(c);
     }
+    if veil.state().ext.in_batch {
+        // A Query inside an unsynced extended-protocol batch would run in
+        // its implicit transaction, or be skipped after an error in it.
+        return None;
+    }
     let (tx, rx) = oneshot::channel();
     veil.state()
         .pending
@@ -712,6 +717,9 @@ fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan])
     let mut st = veil.state();
     for plan in plans {
         if let Some((name, spec)) = &plan.prepared {
+            // The name is now this SQL statement's, whatever pgveil noted
+            // for it from the extended protocol before.
+            st.ext.statements.remove(name);
             st.prepared.insert(name.clone(), spec.clone());
             st.prepared_meta.insert(
                 name.clone(),
@@ -1097,17 +1105,21 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             &frame,
         );
     }
-    if st.discard_until_ready && !matches!(tag, b'Z' | b'S' | b'N' | b'A') {
-        return Ok(None);
-    }
     if matches!(st.pending.front(), Some(Pending::Step(_))) {
         match tag {
             b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'D' | b'C' | b'I' | b's' => {
-                return Ok(on_step_frame(veil, st, frame));
+                // Bookkeeping happens even while the rest of a response is
+                // dropped: the statements and portals are real.
+                let discarding = st.discard_until_ready;
+                let out = on_step_frame(veil, st, frame);
+                return Ok(out.filter(|_| !discarding));
             }
             b'E' | b'Z' => extended::abandon_steps(st),
             _ => {}
         }
+    }
+    if st.discard_until_ready && !matches!(tag, b'Z' | b'S' | b'N' | b'A') {
+        return Ok(None);
     }
     match tag {
         b'Z' => {
