@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod localpg;
 pub mod logging;

@@ -66,6 +66,8 @@ pub struct Column {
     pub type_name: String,
     /// Whether the column has a `DEFAULT`.
     pub has_default: bool,
+    /// A generated column (`GENERATED ALWAYS AS`): left out of COPY.
+    pub generated: bool,
     /// Set when the column holds ciphertext.
     pub encrypted: Option<Encrypted>,
 }
@@ -186,7 +188,7 @@ pub fn load_query(config: &Config) -> String {
     format!(
         "{rels} SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
          c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
-         t.typname::pg_catalog.text, a.atthasdef \
+         t.typname::pg_catalog.text, a.atthasdef, a.attgenerated <> '' \
          FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -201,7 +203,7 @@ pub fn load_query(config: &Config) -> String {
          UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN anc ON i.inhrelid = anc.oid) \
          SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
          c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
-         t.typname::pg_catalog.text, a.atthasdef \
+         t.typname::pg_catalog.text, a.atthasdef, a.attgenerated <> '' \
          FROM anc JOIN pg_catalog.pg_class c ON c.oid = anc.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -252,6 +254,7 @@ impl Catalog {
                 attnum,
                 type_name: cell(row, 6)?.to_string(),
                 has_default: cell(row, 7)? == "t",
+                generated: row.get(8).and_then(|c| c.as_deref()) == Some("t"),
                 encrypted: None,
             });
         }
@@ -374,6 +377,7 @@ impl Catalog {
                 name,
                 type_name: cell(row, 6)?.to_string(),
                 has_default: cell(row, 7)? == "t",
+                generated: row.get(8).and_then(|c| c.as_deref()) == Some("t"),
                 encrypted,
             });
         }

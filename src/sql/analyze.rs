@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, CastKind, ConflictTarget, Expr, FromTable, FunctionArg,
+    AssignmentTarget, BinaryOperator, CastKind, ConflictTarget, CopyLegacyCsvOption,
+    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable, FunctionArg,
     FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, InTarget, Insert, JoinConstraint,
     JoinOperator, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, OrderByKind, Query,
     SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject,
@@ -63,6 +64,19 @@ pub struct StatementPlan {
     pub deallocated: Option<Option<String>>,
     /// Parameters (`$n`) bound to encrypted columns, by number.
     pub params: BTreeMap<usize, ParamBinding>,
+    /// `COPY ... FROM STDIN` / `TO STDOUT` with encrypted columns.
+    pub copy: Option<std::sync::Arc<CopyPlan>>,
+}
+
+/// How the rows of a COPY are read: which fields hold encrypted columns.
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    /// `COPY ... TO STDOUT` (rows from the database) rather than FROM STDIN.
+    pub to: bool,
+    /// Format and options, as PostgreSQL reads them.
+    pub options: crate::copy::CopyOptions,
+    /// Per field: its column name, and the encrypted column it holds.
+    pub columns: Vec<(String, Option<Encrypted>)>,
 }
 
 /// The analysis of one simple Query (possibly several statements).
@@ -226,6 +240,7 @@ struct Ctx<'c, 'a> {
     plain_uses: Vec<Range<usize>>,
     /// Parameters also written to plain columns.
     plain_params: Vec<usize>,
+    copy: Option<std::sync::Arc<CopyPlan>>,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -313,6 +328,7 @@ pub fn analyze(
             prepared_out: None,
             plain_uses: Vec::new(),
             plain_params: Vec::new(),
+            copy: None,
         };
         let result = ctx.statement(stmt).and_then(|outputs| {
             if let Some(outs) = &outputs {
@@ -367,6 +383,7 @@ pub fn analyze(
                     prepared: ctx.prepared_out,
                     deallocated: None,
                     params: ctx.params,
+                    copy: ctx.copy,
                 });
             }
             Err(r) => {
@@ -413,6 +430,7 @@ pub fn view_columns(
         prepared_out: None,
         plain_uses: Vec::new(),
         plain_params: Vec::new(),
+        copy: None,
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -616,12 +634,23 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 }
                 Ok(None)
             }
-            Statement::Copy { .. } => {
-                self.touches = true;
-                Err(Refusal::general(
-                    "COPY on a table with encrypted columns is not supported yet",
-                    "copy",
-                ))
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                payload,
+            } => {
+                self.copy(
+                    source,
+                    *to,
+                    target,
+                    options,
+                    legacy_options,
+                    payload.is_some(),
+                )?;
+                Ok(None)
             }
             Statement::CreateView(v) => {
                 // Its literals would be stored in the view definition: they
@@ -784,7 +813,17 @@ impl<'c, 'a> Ctx<'c, 'a> {
                                 }
                                 continue;
                             }
-                            AlterTableOperation::AddConstraint { .. } => {
+                            AlterTableOperation::AddConstraint { constraint, .. } => {
+                                // Keys compare ciphertext for equality, which
+                                // is right; an expression (CHECK) is not.
+                                if matches!(
+                                    constraint,
+                                    sqlparser::ast::TableConstraint::Unique(_)
+                                        | sqlparser::ast::TableConstraint::PrimaryKey(_)
+                                        | sqlparser::ast::TableConstraint::ForeignKey(_)
+                                ) {
+                                    continue;
+                                }
                                 if rel.columns.iter().any(|c| {
                                     c.encrypted.is_some()
                                         && self.watched.mentioned_in(&format!(" {} ", c.name))
@@ -818,6 +857,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             Statement::Drop { .. }
             | Statement::Truncate(_)
+            | Statement::Lock(_)
+            | Statement::LockTables { .. }
             | Statement::Comment { .. }
             | Statement::StartTransaction { .. }
             | Statement::Commit { .. }
@@ -1087,6 +1128,114 @@ impl<'c, 'a> Ctx<'c, 'a> {
             let range = src.range(*a, *b).ok_or_else(fail)?;
             self.replacements.push((range, storage.to_string()));
         }
+        Ok(())
+    }
+
+    /// `COPY`: which fields of its rows hold encrypted columns, and how its
+    /// rows are written. Only STDIN and STDOUT carry data through pgveil;
+    /// a server-side file or program would hold plaintext or ciphertext
+    /// that pgveil never sees.
+    fn copy(
+        &mut self,
+        source: &CopySource,
+        to: bool,
+        target: &CopyTarget,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+        inline: bool,
+    ) -> R<()> {
+        let refuse = |what: String| Refusal::general(what, "copy");
+        let columns: Vec<(String, Option<Encrypted>)> = match source {
+            CopySource::Table {
+                table_name,
+                columns,
+            } => {
+                let rel = match self.relation(table_name)? {
+                    RelSource::Catalog(r) if r.kind == RelationKind::Table => r,
+                    RelSource::Catalog(r) => {
+                        return Err(refuse(format!(
+                            "COPY of view {}.{} over encrypted columns (use COPY (SELECT ...) TO STDOUT)",
+                            r.schema, r.name
+                        )));
+                    }
+                    _ => {
+                        if self.watched.mentioned_in(&table_name.to_string()) {
+                            return Err(refuse(format!(
+                                "COPY of {table_name}, which pgveil cannot resolve"
+                            )));
+                        }
+                        return Ok(());
+                    }
+                };
+                if columns.is_empty() {
+                    rel.columns
+                        .iter()
+                        .filter(|c| !c.generated)
+                        .map(|c| (c.name.clone(), c.encrypted.clone()))
+                        .collect()
+                } else {
+                    let mut out = Vec::with_capacity(columns.len());
+                    for ident in columns {
+                        let name = norm(ident);
+                        let Some(c) = rel.columns.iter().find(|c| c.name == name) else {
+                            return Err(refuse(format!(
+                                "COPY names column {name}, which {}.{} does not have",
+                                rel.schema, rel.name
+                            )));
+                        };
+                        out.push((c.name.clone(), c.encrypted.clone()));
+                    }
+                    out
+                }
+            }
+            CopySource::Query(q) => {
+                if !to {
+                    return Err(refuse("COPY FROM a query".into()));
+                }
+                match self.query(q, None)? {
+                    Some(outs) => outs
+                        .into_iter()
+                        .map(|o| {
+                            let enc = match o.class {
+                                Class::Enc { col, .. } => Some(col),
+                                _ => None,
+                            };
+                            (o.name, enc)
+                        })
+                        .collect(),
+                    None => {
+                        return Err(refuse(
+                            "COPY (query) TO whose columns pgveil cannot line up".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        if columns.iter().all(|(_, e)| e.is_none()) {
+            return Ok(());
+        }
+        for e in columns.iter().filter_map(|(_, e)| e.as_ref()) {
+            self.check_storage(e)?;
+        }
+        if inline {
+            return Err(refuse("COPY data inline in the statement text".into()));
+        }
+        match (to, target) {
+            (false, CopyTarget::Stdin) | (true, CopyTarget::Stdout) => {}
+            _ => {
+                return Err(refuse(format!(
+                    "COPY {} {target} on encrypted columns (the server file or program would not pass through pgveil; use {} through pgveil)",
+                    if to { "TO" } else { "FROM" },
+                    if to { "TO STDOUT" } else { "FROM STDIN" }
+                )));
+            }
+        }
+        let opts = copy_options(options, legacy, &columns)?;
+        self.copy = Some(std::sync::Arc::new(CopyPlan {
+            to,
+            options: opts,
+            columns,
+        }));
         Ok(())
     }
 
@@ -2785,6 +2934,106 @@ fn literal_cast(e: &Expr) -> Option<String> {
 }
 
 /// Whether a literal cast to `cast` is still a value of the column's type.
+/// COPY options as PostgreSQL reads them (new and pre-9.0 syntax).
+fn copy_options(
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+    columns: &[(String, Option<Encrypted>)],
+) -> R<crate::copy::CopyOptions> {
+    use crate::copy::{CopyFormat, CopyOptions};
+    let refuse = |what: String| Refusal::general(what, "copy");
+    let mut format = CopyFormat::Text;
+    for o in options {
+        if let CopyOption::Format(f) = o {
+            format = match f.value.to_lowercase().as_str() {
+                "text" => CopyFormat::Text,
+                "csv" => CopyFormat::Csv,
+                "binary" => CopyFormat::Binary,
+                other => return Err(refuse(format!("COPY format {other}"))),
+            };
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Binary => format = CopyFormat::Binary,
+            CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
+            _ => {}
+        }
+    }
+    let mut opts = CopyOptions::defaults(format);
+    let single = |c: char, what: &str| -> R<u8> {
+        u8::try_from(u32::from(c))
+            .ok()
+            .filter(u8::is_ascii)
+            .ok_or_else(|| refuse(format!("a non-ASCII COPY {what}")))
+    };
+    let mut escape_set = false;
+    let index = |names: &[Ident]| -> R<Vec<bool>> {
+        let mut v = vec![false; columns.len()];
+        for n in names {
+            let name = norm(n);
+            let i = columns
+                .iter()
+                .position(|(c, _)| *c == name)
+                .ok_or_else(|| refuse(format!("COPY option names column {name}, not copied")))?;
+            v[i] = true;
+        }
+        Ok(v)
+    };
+    for o in options {
+        match o {
+            CopyOption::Format(_) | CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
+            CopyOption::Delimiter(c) => opts.delimiter = single(*c, "delimiter")?,
+            CopyOption::Null(s) => opts.null = s.as_bytes().to_vec(),
+            CopyOption::Header(h) => opts.header = *h,
+            CopyOption::Quote(c) => opts.quote = single(*c, "quote")?,
+            CopyOption::Escape(c) => {
+                opts.escape = single(*c, "escape")?;
+                escape_set = true;
+            }
+            CopyOption::ForceNotNull(n) => opts.force_not_null = index(n)?,
+            CopyOption::ForceNull(n) => opts.force_null = index(n)?,
+            CopyOption::Encoding(e) => {
+                let e = e.to_uppercase().replace(['-', '_'], "");
+                if e != "UTF8" && e != "UNICODE" {
+                    return Err(refuse(format!(
+                        "COPY with ENCODING {e} on encrypted columns (send UTF8)"
+                    )));
+                }
+            }
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Binary => {}
+            CopyLegacyOption::Delimiter(c) => opts.delimiter = single(*c, "delimiter")?,
+            CopyLegacyOption::Null(s) => opts.null = s.as_bytes().to_vec(),
+            CopyLegacyOption::Header => opts.header = true,
+            CopyLegacyOption::Csv(csv) => {
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => opts.header = true,
+                        CopyLegacyCsvOption::Quote(q) => opts.quote = single(*q, "quote")?,
+                        CopyLegacyCsvOption::Escape(e) => {
+                            opts.escape = single(*e, "escape")?;
+                            escape_set = true;
+                        }
+                        CopyLegacyCsvOption::ForceNotNull(n) => {
+                            opts.force_not_null = index(n)?;
+                        }
+                        CopyLegacyCsvOption::ForceQuote(_) => {}
+                    }
+                }
+            }
+            other => return Err(refuse(format!("COPY option {other}"))),
+        }
+    }
+    if !escape_set {
+        opts.escape = opts.quote;
+    }
+    Ok(opts)
+}
+
 fn cast_fits(cast: &str, ty: ValueType) -> bool {
     if cast.contains('(') {
         // varchar(5) truncates, numeric(10,2) rounds, timestamp(0) rounds:
@@ -2860,6 +3109,7 @@ mod tests {
                 "int4".into()
             },
             has_default: false,
+            generated: false,
             encrypted: e,
         }
     }
@@ -3035,7 +3285,19 @@ mod tests {
             refused("select * from customers where email between 'a' and 'b'").reason,
             "order"
         );
-        assert_eq!(refused("copy customers from stdin").reason, "copy");
+        assert_eq!(refused("copy customers from '/tmp/f'").reason, "copy");
+        let a = run("copy customers (id, email) from stdin with (format csv, force_null (email))");
+        let plan = a.statements[0].copy.clone().expect("a COPY plan");
+        assert!(
+            !plan.to && plan.columns[1].1.is_some() && plan.options.force_null == vec![false, true]
+        );
+        let a = run("copy (select email, id from customers) to stdout");
+        assert!(
+            a.statements[0]
+                .copy
+                .as_ref()
+                .is_some_and(|p| p.to && p.columns[0].1.is_some())
+        );
         assert_eq!(
             refused("select * from customers where email = 'a' ||").reason,
             "unparsed"

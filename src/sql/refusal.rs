@@ -123,9 +123,8 @@ fn hint_for(reason: &str) -> &'static str {
         "unparsed" => {
             "pgveil could not analyse this statement, so it cannot be sure no plaintext reaches the database. Simplify it or see docs/SQL.md."
         }
-        "copy" => "COPY on configured tables is not supported yet; use INSERT through pgveil.",
-        "extended" => {
-            "This statement touches an encrypted table and arrived through the extended query protocol, which pgveil does not rewrite yet."
+        "copy" => {
+            "COPY of encrypted columns works with FROM STDIN and TO STDOUT through pgveil (psql: \\copy), in text, csv or binary with UTF8 data. See docs/SQL.md."
         }
         "view_write" => "Write to the base table instead of the view.",
         _ => "See docs/SQL.md for what pgveil supports on encrypted columns.",

@@ -52,6 +52,8 @@ pub(super) struct Statement {
     pub columns: OnceLock<Vec<Option<Encrypted>>>,
     /// Made from a SQL `PREPARE`: its result columns are learned per portal.
     pub from_sql: bool,
+    /// A COPY over encrypted columns.
+    pub copy: Option<Arc<crate::sql::analyze::CopyPlan>>,
 }
 
 impl Statement {
@@ -65,6 +67,7 @@ impl Statement {
             catalog: None,
             columns: OnceLock::new(),
             from_sql: false,
+            copy: None,
         }
     }
 
@@ -173,6 +176,20 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
                 .map_err(|e| SessionError::Protocol(format!("malformed Execute: {e}")))?;
             let mut st = veil.state();
             let portal = st.ext.portals.get(name).cloned();
+            if let Some(plan) = portal
+                .as_ref()
+                .and_then(|p| p.statement.as_ref())
+                .and_then(|s| s.copy.clone())
+                .filter(|p| !p.to)
+            {
+                let enc = veil.shared.encryption();
+                let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
+                st.copy_in = Some(super::copy::CopyStream::new(
+                    plan,
+                    enc.keyring.clone(),
+                    max_row,
+                ));
+            }
             push_step(
                 &mut st,
                 Step::Execute {
@@ -211,6 +228,14 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
         _ => {
             // Sync (FunctionCall ends in ReadyForQuery the same way).
             let mut st = veil.state();
+            if frame[0] == b'S' && st.copy_in.is_some() {
+                // During COPY FROM STDIN PostgreSQL ignores Sync once the
+                // copy has started; until the server says so, it may not.
+                if !st.copy_in.as_ref().is_some_and(|c| c.started) {
+                    st.pending.push_back(Pending::SyncInCopy(Instant::now()));
+                }
+                return Ok(BytesMut::from(frame));
+            }
             if frame[0] == b'S' {
                 st.ext.skip_until_sync = false;
                 st.ext.in_batch = false;
@@ -248,6 +273,7 @@ fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
         catalog: None,
         columns: OnceLock::new(),
         from_sql: true,
+        copy: None,
     }))
 }
 
@@ -424,6 +450,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         catalog: Some(cat),
         columns: OnceLock::new(),
         from_sql: false,
+        copy: plan.and_then(|p| p.copy.clone()),
     };
     if !parsed.name.is_empty() && statement.encrypts_params() {
         // `EXECUTE name(...)` in SQL reaches the same statement: its

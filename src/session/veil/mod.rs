@@ -10,6 +10,7 @@
 //! its first statement, with an internal Query whose responses the server
 //! pump consumes instead of forwarding.
 
+mod copy;
 mod extended;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,6 +51,9 @@ enum Pending {
     Catalog(CatalogLoad),
     /// One extended-protocol message's response.
     Step(extended::Step),
+    /// A Sync sent during COPY FROM STDIN: PostgreSQL ignores it once the
+    /// COPY has started (CopyInResponse), else it answers it.
+    SyncInCopy(Instant),
 }
 
 struct QueryState {
@@ -65,6 +69,8 @@ struct QueryState {
     /// The Query may change how later statements must be read
     /// (`standard_conforming_strings`, `client_encoding`).
     changes_settings: bool,
+    /// Per statement: its COPY plan, for `COPY ... TO STDOUT`.
+    copies: Vec<Option<Arc<crate::sql::analyze::CopyPlan>>>,
 }
 
 impl QueryState {
@@ -80,6 +86,7 @@ impl QueryState {
             started,
             overhead: started.elapsed(),
             changes_settings: false,
+            copies: Vec::new(),
         })
     }
 }
@@ -134,6 +141,10 @@ struct State {
     /// The watched names for (catalog generation, config generation):
     /// built once, not per statement.
     watched: Option<((u64, u64), Arc<Watched>)>,
+    /// COPY FROM STDIN data from the client being encrypted.
+    copy_in: Option<copy::CopyStream>,
+    /// COPY TO STDOUT data from the database being decrypted.
+    copy_out: Option<copy::CopyStream>,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -233,6 +244,8 @@ pub async fn run(
             settings_in_flight: 0,
             next_changes_settings: false,
             watched: None,
+            copy_in: None,
+            copy_out: None,
         }),
     };
     if String::from_utf8_lossy(startup_packet)
@@ -332,8 +345,11 @@ where
     let mut started = false;
     loop {
         loop {
-            let inspect =
-                |tag: u8| matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F');
+            let copying = veil.state().copy_in.is_some();
+            let inspect = |tag: u8| {
+                matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+                    || (copying && matches!(tag, b'd' | b'c' | b'f'))
+            };
             match framer.next(&mut buf, inspect) {
                 Ok(Some(Chunk::Forward(bytes))) => {
                     out.extend_from_slice(&bytes);
@@ -348,7 +364,15 @@ where
                         ensure_catalog(veil, writer).await;
                         started = true;
                     }
+                    if copying && !matches!(frame[0], b'd' | b'c' | b'f' | b'S') {
+                        // Anything else ends copy-in mode (PostgreSQL fails
+                        // the COPY on it).
+                        veil.state().copy_in = None;
+                    }
                     match frame[0] {
+                        b'd' | b'c' | b'f' => {
+                            out.extend_from_slice(&on_copy_in(veil, &frame));
+                        }
                         b'Q' => {
                             flush(writer, &mut out, &bytes_total).await?;
                             let rewritten = on_query(veil, writer, &frame).await?;
@@ -585,7 +609,11 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, catalog, started));
     }
-    if changes_settings || in_flight > 0 {
+    // A statement that changes how strings are read is safe to analyse on
+    // its own (PostgreSQL parses it before it runs), but not together with
+    // statements after it in the same Query.
+    let several = crate::sql::source::Source::new(text).is_none_or(|s| s.statements().len() > 1);
+    if (changes_settings && several) || in_flight > 0 {
         let r = Refusal::general(
             "a change to standard_conforming_strings or client_encoding is in the same Query or still in flight; send it on its own and wait for its result",
             "unparsed",
@@ -668,6 +696,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
         .collect();
     record_prepared(veil, text, &analysis.statements);
     push_query(veil, hints, Some(cat), started);
+    if analysis.statements.iter().any(|s| s.copy.is_some()) {
+        start_copies(veil, &analysis.statements);
+    }
     let kind = if new_text.is_some() {
         "rewritten"
     } else {
@@ -709,6 +740,83 @@ fn push_query(
         st.settings_in_flight += 1;
     }
     st.pending.push_back(pending);
+}
+
+/// A Query with COPY statements over encrypted columns: their plans go
+/// with the Query's response; COPY FROM STDIN starts encrypting the
+/// client's data.
+fn start_copies(veil: &Veil, plans: &[crate::sql::StatementPlan]) {
+    let enc = veil.shared.encryption();
+    let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
+    let mut st = veil.state();
+    let copies: Vec<_> = plans.iter().map(|p| p.copy.clone()).collect();
+    if let Some(plan) = copies.iter().flatten().find(|p| !p.to) {
+        st.copy_in = Some(copy::CopyStream::new(
+            plan.clone(),
+            enc.keyring.clone(),
+            max_row,
+        ));
+    }
+    if let Some(Pending::Query(q)) = st.pending.back_mut() {
+        q.copies = copies;
+    }
+}
+
+/// CopyData, CopyDone or CopyFail from the client during an encrypting
+/// COPY FROM STDIN. Returns what to send upstream.
+fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
+    let mut st = veil.state();
+    let settings = st.settings.clone();
+    let Some(stream) = st.copy_in.as_mut() else {
+        return BytesMut::from(frame);
+    };
+    let tag = frame[0];
+    if stream.failed {
+        // pgveil already failed this COPY: the rest of the data (which may
+        // hold plaintext) goes nowhere.
+        if tag != b'd' {
+            st.copy_in = None;
+        }
+        return BytesMut::new();
+    }
+    let result = match tag {
+        b'd' => stream.feed(&frame[5..], &settings),
+        b'c' => stream.finish(&settings),
+        _ => {
+            st.copy_in = None;
+            return BytesMut::from(frame);
+        }
+    };
+    match result {
+        Ok(rows) => {
+            let mut out = if rows.is_empty() {
+                BytesMut::new()
+            } else {
+                copy::copy_data(&rows)
+            };
+            if tag == b'c' {
+                st.copy_in = None;
+                out.extend_from_slice(frame);
+            }
+            out
+        }
+        Err(e) => {
+            stream.failed = true;
+            if tag == b'c' {
+                st.copy_in = None;
+            }
+            drop(st);
+            let refusal = Refusal {
+                column: None,
+                operation: e.message,
+                hint: "Nothing of this COPY was stored. Fix the data and run it again.".into(),
+                reason: "copy",
+                sqlstate: e.sqlstate,
+            };
+            let relation = refusal_token(veil, "COPY", refusal, "simple");
+            copy::copy_fail(&format!("pgveil: {relation}"))
+        }
+    }
 }
 
 /// Keeps the session's map of SQL-level prepared statements current.
@@ -1005,12 +1113,12 @@ where
     let (bytes_total, mut buf, mut out) = pump_state(veil, "server_to_client");
     loop {
         loop {
-            let (all, rows) = {
+            let (all, rows, copying) = {
                 let mut st = veil.state();
                 let all = matches!(st.pending.front(), Some(Pending::Catalog(_)))
                     || st.discard_until_ready;
                 let rows = st.decoder.is_some() || execute_rows(veil, &mut st);
-                (all, rows)
+                (all, rows, st.copy_out.is_some())
             };
             let inspect = |tag: u8| {
                 all || matches!(
@@ -1026,7 +1134,10 @@ where
                         | b't'
                         | b'n'
                         | b's'
+                        | b'G'
+                        | b'H'
                 ) || (rows && tag == b'D')
+                    || (copying && matches!(tag, b'd' | b'c'))
             };
             match framer.next(&mut buf, inspect) {
                 Ok(Some(Chunk::Forward(bytes))) => out.extend_from_slice(&bytes),
@@ -1105,6 +1216,9 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             &frame,
         );
     }
+    if let Some(out) = on_copy_frame(veil, st, &frame) {
+        return Ok(out);
+    }
     if matches!(st.pending.front(), Some(Pending::Step(_))) {
         match tag {
             b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'D' | b'C' | b'I' | b's' => {
@@ -1137,7 +1251,7 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                         .proxy_overhead_seconds
                         .observe(q.overhead.as_secs_f64());
                 }
-                Some(Pending::Passthrough(started)) => metrics
+                Some(Pending::Passthrough(started) | Pending::SyncInCopy(started)) => metrics
                     .statement_duration_seconds
                     .with_label_values(&["extended"])
                     .observe(started.elapsed().as_secs_f64()),
@@ -1235,6 +1349,80 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
             Ok(Some(scrub_error(frame)))
         }
         _ => Ok(Some(frame)),
+    }
+}
+
+/// COPY-related server messages. `None`: not a COPY matter, handle as
+/// usual; `Some(out)`: handled, forward `out`.
+fn on_copy_frame(veil: &Veil, st: &mut State, frame: &BytesMut) -> Option<Option<BytesMut>> {
+    match frame[0] {
+        b'E' | b'Z' => {
+            st.copy_out = None;
+            None
+        }
+        b'G' => {
+            if let Some(c) = st.copy_in.as_mut() {
+                c.started = true;
+            }
+            // Syncs sent since the COPY began are ignored by the server.
+            st.pending.retain(|p| !matches!(p, Pending::SyncInCopy(_)));
+            Some(Some(frame.clone()))
+        }
+        b'H' => {
+            let plan = match st.pending.front() {
+                Some(Pending::Query(q)) => q.copies.get(q.index).cloned().flatten(),
+                Some(Pending::Step(extended::Step::Execute { portal, .. })) => portal
+                    .as_ref()
+                    .and_then(|p| p.statement.as_ref())
+                    .and_then(|s| s.copy.clone()),
+                _ => None,
+            };
+            let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
+            st.copy_out = plan.filter(|p| p.to).map(|p| {
+                copy::CopyStream::new(p, veil.shared.encryption().keyring.clone(), max_row)
+            });
+            Some(Some(frame.clone()))
+        }
+        b'd' | b'c' if st.copy_out.is_some() => {
+            if st.discard_until_ready {
+                return Some(None);
+            }
+            let settings = st.settings.clone();
+            let stream = st.copy_out.as_mut()?;
+            let result = if frame[0] == b'd' {
+                stream.feed(&frame[5..], &settings)
+            } else {
+                stream.finish(&settings)
+            };
+            match result {
+                Ok(rows) => {
+                    let mut out = if rows.is_empty() {
+                        BytesMut::new()
+                    } else {
+                        copy::copy_data(&rows)
+                    };
+                    if frame[0] == b'c' {
+                        st.copy_out = None;
+                        out.extend_from_slice(frame);
+                    }
+                    Some((!out.is_empty()).then_some(out))
+                }
+                Err(e) => {
+                    warn!(target: "audit", client = %veil.peer, database = %veil.database,
+                          user = %veil.user, error = %e.message, "COPY TO: decrypt failed");
+                    veil.shared
+                        .metrics
+                        .decrypt_errors_total
+                        .with_label_values(&["copy"])
+                        .inc();
+                    st.copy_out = None;
+                    st.discard_until_ready = true;
+                    let msg = ErrorResponse::error(e.sqlstate, format!("pgveil: {}", e.message));
+                    Some(Some(msg.to_bytes()))
+                }
+            }
+        }
+        _ => None,
     }
 }
 
