@@ -636,3 +636,104 @@ async fn pg_dump_through_pgveil_is_plaintext_and_restores_encrypted() {
     no_plaintext(&d, &["ada@", "Lovelace"]).await;
     proxy.stop().await;
 }
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_cursor_copy_in_and_out() {
+    let install = Command::new(repo().join("tests/clients/install.sh")).output().unwrap();
+    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    let pg = cluster();
+    let db = "copy_psycopg";
+    let (proxy, _c, direct) = setup(pg, db).await;
+    let out = Command::new(repo().join("target/clients/venv/bin/python"))
+        .arg(repo().join("tests/clients/python/copy_check.py"))
+        .env("PGVEIL_HOST", "127.0.0.1")
+        .env("PGVEIL_PORT", proxy.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_plaintext(&direct, &["py1@", "Nâme"]).await;
+    proxy.stop().await;
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_csv_load_keeps_proxy_memory_flat() {
+    let pg = cluster();
+    let db = "copy_million";
+    pg.fresh_database(db).await;
+    let direct = support::connect(&db_conn(pg.port, db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!("[listen]\naddress = \"127.0.0.1:{port}\"\n[upstream]\naddress = \"127.0.0.1:{}\"\n[log]\nlevel = \"warn\"\n{}", pg.port, config()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let write = |rows: usize, name: &str| {
+        use std::io::Write;
+        let file = dir.path().join(name);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for i in 0..rows {
+            writeln!(w, "lead{i}@example.com,\"campaign, {}\"", i % 97).unwrap();
+        }
+        file
+    };
+    let small = write(100_000, "small.csv");
+    let big = write(1_000_000, "big.csv");
+    let copy = |file: &Path| psql(port, db, &format!("\\copy leads from '{}' with (format csv)", file.display()));
+    copy(&small);
+    let after_small = peak_rss_kib(child.id());
+    copy(&big);
+    let after_big = peak_rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("pgveil peak RSS: {after_small} KiB after 100k rows, {after_big} KiB after 1M more");
+    assert!(
+        after_big < after_small + 16 * 1024,
+        "peak RSS grew from {after_small} KiB to {after_big} KiB"
+    );
+    let n: i64 = direct.query_one("SELECT count(*) FROM leads", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1_100_000);
+    let plain: i64 = direct
+        .query_one("SELECT count(*) FROM leads WHERE get_byte(email, 0) <> 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+}
