@@ -386,7 +386,7 @@ impl fmt::Display for Storage {
 }
 
 /// A configured column with its names resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ColumnId {
     /// Schema, `public` when the config names none.
     pub schema: String,

@@ -643,8 +643,14 @@ fn repo() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_cursor_copy_in_and_out() {
-    let install = Command::new(repo().join("tests/clients/install.sh")).output().unwrap();
-    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    let install = Command::new(repo().join("tests/clients/install.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
     let pg = cluster();
     let db = "copy_psycopg";
     let (proxy, _c, direct) = setup(pg, db).await;
@@ -716,7 +722,13 @@ async fn a_million_row_csv_load_keeps_proxy_memory_flat() {
     };
     let small = write(100_000, "small.csv");
     let big = write(1_000_000, "big.csv");
-    let copy = |file: &Path| psql(port, db, &format!("\\copy leads from '{}' with (format csv)", file.display()));
+    let copy = |file: &Path| {
+        psql(
+            port,
+            db,
+            &format!("\\copy leads from '{}' with (format csv)", file.display()),
+        )
+    };
     copy(&small);
     let after_small = peak_rss_kib(child.id());
     copy(&big);
@@ -728,10 +740,17 @@ async fn a_million_row_csv_load_keeps_proxy_memory_flat() {
         after_big < after_small + 16 * 1024,
         "peak RSS grew from {after_small} KiB to {after_big} KiB"
     );
-    let n: i64 = direct.query_one("SELECT count(*) FROM leads", &[]).await.unwrap().get(0);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM leads", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1_100_000);
     let plain: i64 = direct
-        .query_one("SELECT count(*) FROM leads WHERE get_byte(email, 0) <> 1", &[])
+        .query_one(
+            "SELECT count(*) FROM leads WHERE get_byte(email, 0) <> 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -230,11 +230,10 @@ fn unquote_csv(o: &CopyOptions, raw: &[u8]) -> Vec<u8> {
                 .get(i + 1)
                 .is_some_and(|n| *n == o.quote || *n == o.escape)
         {
-            if o.escape != o.quote || raw.get(i + 1) == Some(&o.quote) {
-                out.push(raw[i + 1]);
-                i += 2;
-                continue;
-            }
+            // An escaped quote or escape (with ESCAPE = QUOTE, a doubled quote).
+            out.push(raw[i + 1]);
+            i += 2;
+            continue;
         }
         if c == o.quote {
             quoted = !quoted;

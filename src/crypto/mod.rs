@@ -201,7 +201,7 @@ impl ColumnCipher {
 
 /// All configured columns with their ciphers, built once from the config.
 pub struct Keyring {
-    columns: HashMap<(String, String, String), ColumnCipher>,
+    columns: HashMap<ColumnId, ColumnCipher>,
     check_value: String,
 }
 
@@ -261,7 +261,7 @@ impl Keyring {
                 storage: col.storage,
                 domain,
             };
-            map.insert((id.schema, id.table, id.column), cipher);
+            map.insert(id, cipher);
         }
         Keyring {
             columns: map,
@@ -271,13 +271,17 @@ impl Keyring {
 
     /// The cipher of a configured column.
     pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ColumnCipher> {
-        self.columns
-            .get(&(schema.to_string(), table.to_string(), column.to_string()))
+        self.columns.get(&ColumnId {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            column: column.to_string(),
+        })
     }
 
-    /// The cipher of a configured column by its id.
+    /// The cipher of a configured column by its id (no allocation: this is
+    /// on the path of every encrypted value).
     pub fn column_by_id(&self, id: &ColumnId) -> Option<&ColumnCipher> {
-        self.column(&id.schema, &id.table, &id.column)
+        self.columns.get(id)
     }
 
     /// Resolves `[schema.]table.column` as the DBA commands take it

@@ -3464,7 +3464,9 @@ mod tests {
 
     /// Parameters bound to encrypted columns, and the text each cast
     /// replacement puts in place of what.
-    fn bindings(sql: &str) -> (Vec<(usize, String, bool)>, Vec<(String, String)>) {
+    type Bindings = (Vec<(usize, String, bool)>, Vec<(String, String)>);
+
+    fn bindings(sql: &str) -> Bindings {
         let a = run(sql);
         assert!(a.refusal.is_none(), "{sql}: {:?}", a.refusal);
         let plan = &a.statements[0];

@@ -17,7 +17,7 @@
 //! client chose.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -32,6 +32,9 @@ use crate::protocol::{array, types};
 use crate::session::SessionError;
 use crate::sql::analyze::ParamBinding;
 use crate::sql::{Refusal, rewrite, scan};
+
+/// Result formats and the decoder built for them (`None`: nothing to decrypt).
+pub(super) type CachedDecoder = (Vec<i16>, Option<Arc<Decoder>>);
 
 /// A prepared statement as pgveil prepared it.
 pub(super) struct Statement {
@@ -54,6 +57,11 @@ pub(super) struct Statement {
     pub from_sql: bool,
     /// A COPY over encrypted columns.
     pub copy: Option<Arc<crate::sql::analyze::CopyPlan>>,
+    /// The last decoder built for its rows, by result formats: a hot
+    /// prepared statement builds it once, not per Execute.
+    pub decoder: Mutex<Option<CachedDecoder>>,
+    /// Per parameter: its `values_encrypted_total` counter.
+    pub counters: Vec<Option<prometheus::IntCounter>>,
 }
 
 impl Statement {
@@ -68,6 +76,8 @@ impl Statement {
             columns: OnceLock::new(),
             from_sql: false,
             copy: None,
+            decoder: Mutex::new(None),
+            counters: Vec::new(),
         }
     }
 
@@ -274,6 +284,8 @@ fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
         columns: OnceLock::new(),
         from_sql: true,
         copy: None,
+        decoder: Mutex::new(None),
+        counters: Vec::new(),
     }))
 }
 
@@ -451,6 +463,23 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         columns: OnceLock::new(),
         from_sql: false,
         copy: plan.and_then(|p| p.copy.clone()),
+        decoder: Mutex::new(None),
+        counters: Vec::new(),
+    };
+    let statement = Statement {
+        counters: statement
+            .params
+            .iter()
+            .map(|b| {
+                b.as_ref().map(|b| {
+                    shared
+                        .metrics
+                        .values_encrypted_total
+                        .with_label_values(&[&b.column.id.to_string()])
+                })
+            })
+            .collect(),
+        ..statement
     };
     if !parsed.name.is_empty() && statement.encrypts_params() {
         // `EXECUTE name(...)` in SQL reaches the same statement: its
@@ -518,11 +547,15 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
                     let declared = s.client_types.get(i).copied().unwrap_or(0);
                     match encrypt_param(enc.keyring.as_deref(), b, declared, format, v, &settings) {
                         Ok(c) => {
-                            veil.shared
-                                .metrics
-                                .values_encrypted_total
-                                .with_label_values(&[&b.column.id.to_string()])
-                                .inc();
+                            match s.counters.get(i) {
+                                Some(Some(counter)) => counter.inc(),
+                                _ => veil
+                                    .shared
+                                    .metrics
+                                    .values_encrypted_total
+                                    .with_label_values(&[&b.column.id.to_string()])
+                                    .inc(),
+                            }
                             values.push((1, Some(c)));
                         }
                         Err(r) => {
@@ -689,10 +722,31 @@ pub(super) fn present_parameters(statement: &Statement, frame: &[u8]) -> Option<
 /// How a portal's rows decrypt: its own described columns, else its
 /// statement's, with the result formats of the Bind.
 pub(super) fn portal_decoder(veil: &Veil, portal: &Portal) -> Option<Arc<Decoder>> {
-    let cols = portal
-        .columns
-        .get()
-        .or_else(|| portal.statement.as_ref()?.columns.get())?;
+    if let Some(cols) = portal.columns.get() {
+        return build_decoder(veil, cols, &portal.result_formats);
+    }
+    let statement = portal.statement.as_ref()?;
+    let cols = statement.columns.get()?;
+    let mut cache = statement.decoder.lock().unwrap_or_else(|p| p.into_inner());
+    let keyring = veil.shared.encryption().keyring.clone();
+    if let Some((formats, decoder)) = cache.as_ref()
+        && *formats == portal.result_formats
+        && decoder
+            .as_ref()
+            .is_none_or(|d| match (&d.keyring, &keyring) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            })
+    {
+        // Same formats and the same keys as when it was built.
+        return decoder.clone();
+    }
+    let decoder = build_decoder(veil, cols, &portal.result_formats);
+    *cache = Some((portal.result_formats.clone(), decoder.clone()));
+    decoder
+}
+
+fn build_decoder(veil: &Veil, cols: &[Option<Encrypted>], formats: &[i16]) -> Option<Arc<Decoder>> {
     if cols.iter().all(Option::is_none) {
         return None;
     }
@@ -701,7 +755,7 @@ pub(super) fn portal_decoder(veil: &Veil, portal: &Portal) -> Option<Arc<Decoder
         .enumerate()
         .map(|(i, c)| {
             c.clone().map(|e| {
-                let format = if extended::format_of(&portal.result_formats, i) == 1 {
+                let format = if extended::format_of(formats, i) == 1 {
                     Format::Binary
                 } else {
                     Format::Text
@@ -710,10 +764,11 @@ pub(super) fn portal_decoder(veil: &Veil, portal: &Portal) -> Option<Arc<Decoder
             })
         })
         .collect();
-    Some(Arc::new(Decoder {
+    Some(Arc::new(Decoder::new(
+        veil,
         columns,
-        keyring: veil.shared.encryption().keyring.clone(),
-    }))
+        veil.shared.encryption().keyring.clone(),
+    )))
 }
 
 /// A RowDescription answering a Describe: records which columns are
