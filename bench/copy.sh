@@ -15,11 +15,17 @@
 #
 # It generates a CSV of ROWS customers (id, name, email, phone, national_id,
 # country; some fields need CSV quoting, some are non-ASCII, a few are NULL
-# or empty strings), then, in ROUNDS interleaved rounds, times
+# or empty strings), loads it once through pgveil A and once directly
+# (warm-up, not timed), saves what pgveil A stored as a second CSV (the
+# ciphertext, read directly), then, in ROUNDS interleaved rounds, times
 #   psql -c "\copy customers from 'customers.csv' with (format csv)"
-# against each target: encrypted (pgveil A -> crm_enc), direct
-# (PostgreSQL -> crm_plain) and relay (pgveil B -> crm_plain), with TRUNCATE
-# and CHECKPOINT before every load. It prints the median rows/s per target,
+# against each target:
+#   encrypted  pgveil A -> crm_enc (the CSV, encrypted by pgveil)
+#   direct     PostgreSQL -> crm_plain (the CSV, plaintext)
+#   relay      pgveil B (plain relay) -> crm_plain (the CSV)
+#   cipher     PostgreSQL -> crm_enc (the ciphertext CSV: what the encrypted
+#              load costs PostgreSQL alone, without pgveil)
+# with TRUNCATE and CHECKPOINT before every load. It prints the median rows/s per target,
 # the ratio encrypted/direct (the issue's figure), the CPU time each pgveil
 # used per row (from /proc/PID/stat) and pgveil A's peak RSS (VmHWM).
 # With COPY_TO=1 (default) it also times
@@ -42,7 +48,7 @@
 # Environment:
 #   ROWS        CSV rows loaded per run                      (default 1000000)
 #   ROUNDS      rounds; each loads once per target           (default 3)
-#   TARGETS     targets to time     (default "encrypted direct relay";
+#   TARGETS     targets to time   (default "encrypted direct relay cipher";
 #               encrypted and direct are required)
 #   INDEX=1     a non-unique index on email in both tables   (default 0: none)
 #   COPY_TO=0   skip the COPY TO timings                     (default 1)
@@ -60,7 +66,7 @@ set -euo pipefail
 
 ROWS=${ROWS:-1000000}
 ROUNDS=${ROUNDS:-3}
-TARGETS_STR=${TARGETS:-"encrypted direct relay"}
+TARGETS_STR=${TARGETS:-"encrypted direct relay cipher"}
 INDEX=${INDEX:-0}
 COPY_TO=${COPY_TO:-1}
 TIMEOUT=${TIMEOUT:-900}
@@ -82,7 +88,8 @@ die() { printf '[copy] error: %s\n' "$*" >&2; exit 1; }
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "TIMEOUT must be a number of seconds"
 read -r -a TARGETS <<<"$TARGETS_STR"
 for t in "${TARGETS[@]}"; do
-    [[ $t == encrypted || $t == direct || $t == relay ]] || die "unknown target '$t' in TARGETS (encrypted direct relay)"
+    [[ $t == encrypted || $t == direct || $t == relay || $t == cipher ]] ||
+        die "unknown target '$t' in TARGETS (encrypted direct relay cipher)"
 done
 [[ " ${TARGETS[*]} " == *" encrypted "* && " ${TARGETS[*]} " == *" direct "* ]] ||
     die "TARGETS must include encrypted and direct"
@@ -407,8 +414,8 @@ chmod 644 "$CSV"
 
 CLK_TCK=$(getconf CLK_TCK)
 
-port_of() { case $1 in encrypted) echo "$PGVEIL_A_PORT" ;; direct) echo "$PG_PORT" ;; relay) echo "$PGVEIL_B_PORT" ;; esac; }
-db_of() { case $1 in encrypted) echo crm_enc ;; *) echo crm_plain ;; esac; }
+port_of() { case $1 in encrypted) echo "$PGVEIL_A_PORT" ;; relay) echo "$PGVEIL_B_PORT" ;; *) echo "$PG_PORT" ;; esac; }
+db_of() { case $1 in encrypted | cipher) echo crm_enc ;; *) echo crm_plain ;; esac; }
 pid_of() { case $1 in encrypted) echo "$PGVEIL_A_PID" ;; relay) echo "$PGVEIL_B_PID" ;; *) echo "" ;; esac; }
 
 # CPU time (user + system, all threads) a process has used, in clock ticks.
@@ -439,7 +446,11 @@ pgveil_log_lines() { grep -c . "$1" 2>/dev/null || true; }
 run_copy() {
     local target=$1 dir=$2 cmd out pid before after t0 t1 rc
     if [[ $dir == from ]]; then
-        cmd="\\copy customers from '$CSV' with (format csv)"
+        if [[ $target == cipher ]]; then
+            cmd="\\copy customers from '$WORK/cipher.csv' with (format csv)"
+        else
+            cmd="\\copy customers from '$CSV' with (format csv)"
+        fi
     else
         cmd="\\copy customers to '/dev/null' with (format csv)"
     fi
@@ -488,6 +499,18 @@ count_rows() { sql "$PG_PORT" "$1" -c "select count(*) from customers"; }
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 
 HWM_START=$(vm_kb "$PGVEIL_A_PID" VmHWM)
+# Warm-up (not timed): one load through pgveil A and one direct; then save
+# what pgveil A stored (bytea in hex, read directly) for the cipher target.
+log "warm-up: one untimed load per database"
+for t in encrypted direct; do
+    prepare_load "$t"
+    run_copy "$t" from
+done
+"$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d crm_enc \
+    -c "\\copy customers to '$WORK/cipher.csv' with (format csv)" >/dev/null 2>"$WORK/cipher.log" ||
+    { cat "$WORK/cipher.log" >&2; die "saving the ciphertext of crm_enc failed"; }
+CIPHER_BYTES=$(stat -c %s "$WORK/cipher.csv")
+last_enc_load=encrypted
 declare -A RPS SECS CPU   # "direction target" -> space-separated figures, one per round
 if [[ -n $RESULTS ]]; then echo "round,direction,target,rows,seconds,rows_per_s,pgveil_cpu_us_per_row,load1" >"$RESULTS"; fi
 log "$ROUNDS rounds x targets (${TARGETS[*]}): \\copy customers from CSV ($ROWS rows, $INDEX_DESC)$( ((COPY_TO)) && echo ', then \copy customers to /dev/null')"
@@ -500,6 +523,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         run_copy "$t" from
         n=$(count_rows "$(db_of "$t")")
         [[ $n == "$ROWS" ]] || die "after COPY FROM against $t: $n rows in $(db_of "$t"), expected $ROWS"
+        [[ $(db_of "$t") == crm_enc ]] && last_enc_load=$t
         read -r load _ </proc/loadavg
         RPS["from $t"]+="$RUN_RPS "
         SECS["from $t"]+="$RUN_SECS "
@@ -509,6 +533,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
         if [[ -n $RESULTS ]]; then echo "$r,from,$t,$ROWS,$RUN_SECS,$RUN_RPS,$RUN_CPU_US,$load" >>"$RESULTS"; fi
     done
 done
+# The verification reads what pgveil A loaded: load once more if the last
+# load of crm_enc was the direct load of the saved ciphertext.
+if [[ $last_enc_load != encrypted ]]; then
+    prepare_load encrypted
+    run_copy encrypted from
+fi
 HWM_LOAD=$(vm_kb "$PGVEIL_A_PID" VmHWM)
 RSS_LOAD=$(vm_kb "$PGVEIL_A_PID" VmRSS)
 
@@ -617,7 +647,7 @@ echo
 echo "machine: $NCPU CPUs, ${CPU_MODEL:-unknown CPU}, $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM; load average $LOAD1 at start, $LOAD1_END at end"
 echo "PostgreSQL $PG_VERSION (fsync=off), psql $PSQL_VERSION, pgveil $PGVEIL_VERSION ($PGVEIL_REV)"
 echo "$ROWS rows, CSV $(awk -v b="$CSV_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }'), $INDEX_DESC, median of $ROUNDS rounds; table size after load: crm_enc $SIZE_ENC, crm_plain $SIZE_PLAIN"
-echo "encrypted = pgveil A -> crm_enc (4 encrypted columns); direct = PostgreSQL -> crm_plain (text)$( ((HAVE_RELAY)) && echo '; relay = pgveil B (plain relay) -> crm_plain')"
+echo "encrypted = pgveil A -> crm_enc (4 encrypted columns); direct = PostgreSQL -> crm_plain (text); relay = pgveil B (plain relay) -> crm_plain; cipher = PostgreSQL -> crm_enc (the ciphertext, $(awk -v b="$CIPHER_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }') as CSV)"
 echo "pgveil A VmHWM: $((HWM_START / 1024)) MiB at start, $((HWM_LOAD / 1024)) MiB after the COPY FROM runs (VmRSS then $((RSS_LOAD / 1024)) MiB)$( ((COPY_TO)) && echo ", $((HWM_TO / 1024)) MiB after the COPY TO runs")"
 echo
 # paired DIR A B: A/B of each round, space-separated.
@@ -635,9 +665,10 @@ for d in "${dirs[@]}"; do
         m=$(median <<<"${RPS["$d $t"]}")
         s=$(median <<<"${SECS["$d $t"]}")
         c=-
-        [[ $t == direct ]] || c=$(median <<<"${CPU["$d $t"]}")
+        [[ -z $(pid_of "$t") ]] || c=$(median <<<"${CPU["$d $t"]}")
         pr=$(median <<<"$(paired "$d" "$t" direct)")
         awk -v d="${d^^}" -v t="$t" -v m="$m" -v s="$s" -v dm="$dm" -v pr="$pr" -v c="$c" 'BEGIN {
+            if (c != "-") c = sprintf("%.2f", c)
             printf "| %-4s | %-9s | %15.0f | %16.2f | %9.2f | %23.2f | %17s |\n", d, t, m, s, m / dm, pr, c }'
     done
 done
@@ -650,6 +681,7 @@ for d in "${dirs[@]}"; do
     for t in "${TARGETS[@]}"; do
         [[ $t == direct ]] && continue
         printf '  %-4s %-22s %s\n' "${d^^}" "$t/direct" "$(awk '{for (i = 1; i <= NF; i++) printf "%9.2f", $i}' <<<"$(paired "$d" "$t" direct)")"
+        [[ -n $(pid_of "$t") ]] || continue
         printf '  %-4s %-22s %s\n' "${d^^}" "$t CPU us/row" "$(awk '{for (i = 1; i <= NF; i++) printf "%9.2f", $i}' <<<"${CPU["$d $t"]}")"
     done
 done
