@@ -6,7 +6,8 @@
 # Starts its own throwaway PostgreSQL cluster with two databases:
 #   crm_enc    customers(id bigint, name/email/phone/national_id bytea,
 #              country text), behind pgveil A, which encrypts the four
-#              bytea columns;
+#              bytea columns (STORAGE=text: text columns holding pgveil's
+#              "pgv:" + base64 form instead);
 #   crm_plain  the same columns as text, loaded directly (and, for the
 #              "relay" target, through pgveil B: a plain relay with no
 #              [keys] and no [[encrypt]]).
@@ -25,9 +26,10 @@
 #   relay      pgveil B (plain relay) -> crm_plain (the CSV)
 #   cipher     PostgreSQL -> crm_enc (the ciphertext CSV: what the encrypted
 #              load costs PostgreSQL alone, without pgveil)
-# with TRUNCATE and CHECKPOINT before every load. It prints the median rows/s per target,
-# the ratio encrypted/direct (the issue's figure), the CPU time each pgveil
-# used per row (from /proc/PID/stat) and pgveil A's peak RSS (VmHWM).
+# with TRUNCATE and CHECKPOINT before every load. It prints the median
+# rows/s per target, the ratio encrypted/direct (the issue's figure), the CPU
+# time each pgveil used per row (from /proc/PID/stat) and pgveil A's peak
+# RSS (VmHWM).
 # With COPY_TO=1 (default) it also times
 #   psql -c "\copy customers to '/dev/null' with (format csv)"
 # against the same targets.
@@ -51,6 +53,8 @@
 #   TARGETS     targets to time   (default "encrypted direct relay cipher";
 #               encrypted and direct are required)
 #   INDEX=1     a non-unique index on email in both tables   (default 0: none)
+#   STORAGE     type of crm_enc's encrypted columns: bytea or text
+#                                                            (default bytea)
 #   COPY_TO=0   skip the COPY TO timings                     (default 1)
 #   TIMEOUT     seconds one psql \copy may take before the
 #               script gives up on it (a hang)               (default 900)
@@ -68,6 +72,7 @@ ROWS=${ROWS:-1000000}
 ROUNDS=${ROUNDS:-3}
 TARGETS_STR=${TARGETS:-"encrypted direct relay cipher"}
 INDEX=${INDEX:-0}
+STORAGE=${STORAGE:-bytea}
 COPY_TO=${COPY_TO:-1}
 TIMEOUT=${TIMEOUT:-900}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -85,6 +90,7 @@ die() { printf '[copy] error: %s\n' "$*" >&2; exit 1; }
 
 [[ $ROWS =~ ^[1-9][0-9]*$ ]] || die "ROWS must be a positive number"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
+[[ $STORAGE == bytea || $STORAGE == text ]] || die "STORAGE must be bytea or text"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "TIMEOUT must be a number of seconds"
 read -r -a TARGETS <<<"$TARGETS_STR"
 for t in "${TARGETS[@]}"; do
@@ -95,6 +101,8 @@ done
     die "TARGETS must include encrypted and direct"
 HAVE_RELAY=0
 [[ " ${TARGETS[*]} " == *" relay "* ]] && HAVE_RELAY=1
+HAVE_CIPHER=0
+[[ " ${TARGETS[*]} " == *" cipher "* ]] && HAVE_CIPHER=1
 
 [[ -x $PG_BIN/initdb && -x $PG_BIN/pg_ctl && -x $PG_BIN/postgres ]] ||
     die "no PostgreSQL server binaries in $PG_BIN (set PG_BIN; Debian/Ubuntu: apt-get install -y postgresql-15)"
@@ -240,15 +248,16 @@ else
     INDEX_DESC="no indexes"
 fi
 # The schema is created directly (pgveil learns it from the catalog when a
-# client connects). Same columns in both; bytea holds pgveil's envelopes.
+# client connects). Same columns in both; crm_enc's $STORAGE columns hold
+# pgveil's envelopes.
 sql "$PG_PORT" postgres -c "create database crm_enc" -c "create database crm_plain" >/dev/null
 sql "$PG_PORT" crm_enc >/dev/null <<EOF
 CREATE TABLE customers (
     id          bigint,
-    name        bytea,
-    email       bytea,
-    phone       bytea,
-    national_id bytea,
+    name        $STORAGE,
+    email       $STORAGE,
+    phone       $STORAGE,
+    national_id $STORAGE,
     country     text
 );
 $INDEX_SQL
@@ -500,16 +509,19 @@ median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR]=$1} END {if (NR%2) pri
 
 HWM_START=$(vm_kb "$PGVEIL_A_PID" VmHWM)
 # Warm-up (not timed): one load through pgveil A and one direct; then save
-# what pgveil A stored (bytea in hex, read directly) for the cipher target.
+# what pgveil A stored (read directly: bytea in hex, or pgv:base64 text) for
+# the cipher target.
 log "warm-up: one untimed load per database"
 for t in encrypted direct; do
     prepare_load "$t"
     run_copy "$t" from
 done
-"$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d crm_enc \
-    -c "\\copy customers to '$WORK/cipher.csv' with (format csv)" >/dev/null 2>"$WORK/cipher.log" ||
-    { cat "$WORK/cipher.log" >&2; die "saving the ciphertext of crm_enc failed"; }
-CIPHER_BYTES=$(stat -c %s "$WORK/cipher.csv")
+if ((HAVE_CIPHER)); then
+    "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d crm_enc \
+        -c "\\copy customers to '$WORK/cipher.csv' with (format csv)" >/dev/null 2>"$WORK/cipher.log" ||
+        { cat "$WORK/cipher.log" >&2; die "saving the ciphertext of crm_enc failed"; }
+    CIPHER_BYTES=$(stat -c %s "$WORK/cipher.csv")
+fi
 last_enc_load=encrypted
 declare -A RPS SECS CPU   # "direction target" -> space-separated figures, one per round
 if [[ -n $RESULTS ]]; then echo "round,direction,target,rows,seconds,rows_per_s,pgveil_cpu_us_per_row,load1" >"$RESULTS"; fi
@@ -569,14 +581,19 @@ n_enc=$(count_rows crm_enc)
 n_plain=$(count_rows crm_plain)
 [[ $n_enc == "$ROWS" && $n_plain == "$ROWS" ]] || die "expected $ROWS rows, found $n_enc (crm_enc) and $n_plain (crm_plain)"
 # 2. Directly: every non-NULL value of the four columns is an envelope (first
-#    byte 0x01, at least 19 bytes), NULLs are where the CSV has them, and no
-#    email is stored as plaintext.
+#    byte 0x01, at least 19 bytes; in text storage "pgv:" and the envelope
+#    in base64), NULLs are where the CSV has them, and no email is stored
+#    as plaintext.
+not_envelope() {
+    if [[ $STORAGE == bytea ]]; then
+        echo "($1 IS NOT NULL AND (get_byte($1, 0) <> 1 OR octet_length($1) < 19))"
+    else
+        echo "($1 IS NOT NULL AND (left($1, 4) <> 'pgv:' OR get_byte(decode(substr($1, 5), 'base64'), 0) <> 1 OR octet_length(decode(substr($1, 5), 'base64')) < 19))"
+    fi
+}
 bad=$(sql "$PG_PORT" crm_enc -c "
     SELECT count(*) FROM customers
-    WHERE (name IS NOT NULL AND (get_byte(name, 0) <> 1 OR octet_length(name) < 19))
-       OR (email IS NOT NULL AND (get_byte(email, 0) <> 1 OR octet_length(email) < 19))
-       OR (phone IS NOT NULL AND (get_byte(phone, 0) <> 1 OR octet_length(phone) < 19))
-       OR (national_id IS NOT NULL AND (get_byte(national_id, 0) <> 1 OR octet_length(national_id) < 19))")
+    WHERE $(not_envelope name) OR $(not_envelope email) OR $(not_envelope phone) OR $(not_envelope national_id)")
 [[ $bad == 0 ]] || die "crm_enc: $bad of $n_enc rows hold something other than pgveil envelopes"
 nulls_sql="SELECT count(*) FILTER (WHERE name IS NULL) || ' ' || count(*) FILTER (WHERE email IS NULL) || ' ' ||
            count(*) FILTER (WHERE phone IS NULL) || ' ' || count(*) FILTER (WHERE national_id IS NULL) FROM customers"
@@ -646,8 +663,11 @@ read -r LOAD1_END _ </proc/loadavg || LOAD1_END=0
 echo
 echo "machine: $NCPU CPUs, ${CPU_MODEL:-unknown CPU}, $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM; load average $LOAD1 at start, $LOAD1_END at end"
 echo "PostgreSQL $PG_VERSION (fsync=off), psql $PSQL_VERSION, pgveil $PGVEIL_VERSION ($PGVEIL_REV)"
-echo "$ROWS rows, CSV $(awk -v b="$CSV_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }'), $INDEX_DESC, median of $ROUNDS rounds; table size after load: crm_enc $SIZE_ENC, crm_plain $SIZE_PLAIN"
-echo "encrypted = pgveil A -> crm_enc (4 encrypted columns); direct = PostgreSQL -> crm_plain (text); relay = pgveil B (plain relay) -> crm_plain; cipher = PostgreSQL -> crm_enc (the ciphertext, $(awk -v b="$CIPHER_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }') as CSV)"
+echo "$ROWS rows, CSV $(awk -v b="$CSV_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }'), crm_enc storage $STORAGE, $INDEX_DESC, median of $ROUNDS rounds; table size after load: crm_enc $SIZE_ENC, crm_plain $SIZE_PLAIN"
+legend="encrypted = pgveil A -> crm_enc (4 encrypted columns); direct = PostgreSQL -> crm_plain (text)"
+((HAVE_RELAY)) && legend+="; relay = pgveil B (plain relay) -> crm_plain"
+((HAVE_CIPHER)) && legend+="; cipher = PostgreSQL -> crm_enc (the ciphertext, $(awk -v b="$CIPHER_BYTES" 'BEGIN { printf "%.1f MB", b / 1e6 }') as CSV)"
+echo "$legend"
 echo "pgveil A VmHWM: $((HWM_START / 1024)) MiB at start, $((HWM_LOAD / 1024)) MiB after the COPY FROM runs (VmRSS then $((RSS_LOAD / 1024)) MiB)$( ((COPY_TO)) && echo ", $((HWM_TO / 1024)) MiB after the COPY TO runs")"
 echo
 # paired DIR A B: A/B of each round, space-separated.

@@ -199,6 +199,13 @@ pub fn unescape_text(raw: &[u8]) -> Vec<u8> {
 
 /// Writes a value as a text-format field, as PostgreSQL's COPY TO does.
 pub fn escape_text(o: &CopyOptions, value: &[u8], out: &mut Vec<u8>) {
+    if !value
+        .iter()
+        .any(|&c| c < 0x20 || c == b'\\' || c == o.delimiter)
+    {
+        out.extend_from_slice(value);
+        return;
+    }
     for &c in value {
         match c {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -324,11 +331,20 @@ pub fn row(
             out.extend_from_slice(f.raw);
             continue;
         }
-        let value = match o.format {
-            CopyFormat::Csv => unquote_csv(o, f.raw),
-            _ => unescape_text(f.raw),
+        // Most fields need no unescaping: pass them as they are.
+        let owned;
+        let value: &[u8] = match o.format {
+            CopyFormat::Csv if f.quoted => {
+                owned = unquote_csv(o, f.raw);
+                &owned
+            }
+            CopyFormat::Text if f.raw.contains(&b'\\') => {
+                owned = unescape_text(f.raw);
+                &owned
+            }
+            _ => f.raw,
         };
-        let mapped_value = map(i, &value)?;
+        let mapped_value = map(i, value)?;
         match o.format {
             CopyFormat::Csv => quote_csv(o, &mapped_value, f.quoted, out),
             _ => escape_text(o, &mapped_value, out),

@@ -75,10 +75,10 @@ fn map_field(
     let Some((name, Some(col))) = plan.columns.get(i) else {
         return Ok(value.to_vec());
     };
-    let id = col.id.to_string();
+    let id = || col.id.to_string();
     let internal = || CopyError {
         sqlstate: "XX000",
-        message: format!("no key for encrypted column {id}"),
+        message: format!("no key for encrypted column {}", id()),
     };
     let cipher = keyring
         .and_then(|k| k.column_by_id(&col.id))
@@ -92,21 +92,22 @@ fn map_field(
     let format = if binary { Format::Binary } else { Format::Text };
     if plan.to {
         let stored = if storage == Storage::Bytea && !binary {
-            envelope::bytea_from_hex(value).map_err(|_| corrupt(&id))?
+            envelope::bytea_from_hex(value).map_err(|_| corrupt(&id()))?
         } else {
             value.to_vec()
         };
         return cipher
             .decrypt(storage, &stored, format, settings)
-            .map_err(|_| corrupt(&id));
+            .map_err(|_| corrupt(&id()));
     }
     let stored = cipher
         .encrypt(format, value, storage, settings)
         .map_err(|e| CopyError {
             sqlstate: e.sqlstate(),
             message: format!(
-                "invalid input for type {} in encrypted column {id} (field {name})",
-                col.value_type.name()
+                "invalid input for type {} in encrypted column {} (field {name})",
+                col.value_type.name(),
+                id()
             ),
         })?;
     if storage == Storage::Bytea && !binary {

@@ -792,8 +792,9 @@ fn start_copies(veil: &Veil, plans: &[crate::sql::StatementPlan]) {
 /// CopyData, CopyDone or CopyFail from the client during an encrypting
 /// COPY FROM STDIN. Returns what to send upstream.
 fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
-    let mut st = veil.state();
-    let settings = st.settings.clone();
+    let mut guard = veil.state();
+    let st = &mut *guard;
+    let settings = &st.settings;
     let Some(stream) = st.copy_in.as_mut() else {
         return BytesMut::from(frame);
     };
@@ -807,8 +808,8 @@ fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
         return BytesMut::new();
     }
     let result = match tag {
-        b'd' => stream.feed(&frame[5..], &settings),
-        b'c' => stream.finish(&settings),
+        b'd' => stream.feed(&frame[5..], settings),
+        b'c' => stream.finish(settings),
         _ => {
             st.copy_in = None;
             return BytesMut::from(frame);
@@ -832,7 +833,7 @@ fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
             if tag == b'c' {
                 st.copy_in = None;
             }
-            drop(st);
+            drop(guard);
             let refusal = Refusal {
                 column: None,
                 operation: e.message,
@@ -1415,12 +1416,12 @@ fn on_copy_frame(veil: &Veil, st: &mut State, frame: &BytesMut) -> Option<Option
             if st.discard_until_ready {
                 return Some(None);
             }
-            let settings = st.settings.clone();
+            let settings = &st.settings;
             let stream = st.copy_out.as_mut()?;
             let result = if frame[0] == b'd' {
-                stream.feed(&frame[5..], &settings)
+                stream.feed(&frame[5..], settings)
             } else {
-                stream.finish(&settings)
+                stream.finish(settings)
             };
             match result {
                 Ok(rows) => {
