@@ -206,7 +206,7 @@ async fn psql_copy_round_trips_csv_text_and_binary_exactly() {
             "after {format}"
         );
     }
-    // Other options (pre-9.0 option syntax is refused as unparsed).
+    // Other options (pre-9.0 syntax sqlparser cannot read is refused as unparsed).
     direct.batch_execute("DELETE FROM customers").await.unwrap();
     let semi = dir.path().join("semi.csv");
     std::fs::write(&semi, "1;'a;b';x@y.z;NULL\n2;'';''NULL;NULL\n").unwrap();

@@ -918,15 +918,19 @@ const REFUSED: &[(&str, Option<&str>)] = &[
         "DO $$ BEGIN INSERT INTO leads (id, email, source, status) VALUES (1600, 'zq-secret@example.com', 'x', 'new'); END $$",
         None,
     ),
-    // COPY.
-    ("COPY customers FROM STDIN", None),
-    ("COPY customers TO STDOUT", None),
-    ("COPY contacts (email) TO STDOUT WITH (FORMAT csv)", None),
+    // COPY shapes that do not pass through pgveil or cannot be read
+    // (COPY FROM STDIN / TO STDOUT work: tests/copy.rs).
+    ("COPY customers FROM '/tmp/zq-secret.csv'", None),
+    ("COPY customers TO '/tmp/zq-out.csv'", None),
+    ("COPY customers (email) TO PROGRAM 'cat'", None),
     (
-        "COPY (SELECT email FROM customers WHERE email = 'zq-secret') TO STDOUT",
+        "COPY (SELECT email FROM customers WHERE email LIKE 'zq%') TO STDOUT",
+        Some("public.customers.email"),
+    ),
+    (
+        "COPY leads FROM STDIN WITH (FORMAT csv, ENCODING 'LATIN1')",
         None,
     ),
-    ("COPY leads FROM STDIN WITH (FORMAT csv)", None),
 ];
 
 /// Row count and checksum of every table, read directly.

@@ -216,7 +216,7 @@ async fn refusals_behave_like_database_errors() {
         "SELECT lower(email) FROM customers",
         "SELECT * FROM customers WHERE birth_date > '2000-01-01'",
         "SELECT * FROM customers c JOIN leads l ON c.phone = l.email",
-        "COPY customers FROM STDIN",
+        "COPY customers FROM '/tmp/plain.csv'",
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
         let db_err = err

@@ -1224,7 +1224,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             (false, CopyTarget::Stdin) | (true, CopyTarget::Stdout) => {}
             _ => {
                 return Err(refuse(format!(
-                    "COPY {} {target} on encrypted columns (the server file or program would not pass through pgveil; use {} through pgveil)",
+                    "COPY {} a server file or program on encrypted columns (the data would not pass through pgveil; use {} through pgveil)",
                     if to { "TO" } else { "FROM" },
                     if to { "TO STDOUT" } else { "FROM STDIN" }
                 )));
