@@ -149,7 +149,21 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
     hup(&child);
     wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
 
-    // The next statement encrypts the new column.
+    // The session holding a SQL prepared statement from before the reload
+    // is ended (57P01) before it can EXECUTE it with plaintext.
+    let err = c
+        .batch_execute("EXECUTE ins(3, 'ssn-old-plan')")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("reloaded"), "{err:?}");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM people WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // A new session encrypts the new column from its first statement.
+    let c = support::connect(&conn).await;
     c.batch_execute("INSERT INTO people (id, ssn) VALUES (2, 'ssn-after-reload')")
         .await
         .unwrap();
@@ -160,18 +174,6 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
         .get(0);
     assert_ne!(stored, b"ssn-after-reload");
     assert_eq!(stored[0], 1, "not an envelope");
-    // The SQL prepared statement from before the reload is refused.
-    let err = c
-        .batch_execute("EXECUTE ins(3, 'ssn-old-plan')")
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM people WHERE id = 3", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
     // The extended-protocol statement from before the reload ends its session
     // instead of binding plaintext.
     let err = ext

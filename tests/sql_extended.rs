@@ -627,3 +627,79 @@ async fn a_reload_that_changes_encrypted_columns_ends_sessions_holding_statement
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn review_regressions_fail_closed() {
+    let pg = PgCluster::start(&support::find_pg_bin(), "trust", &[]);
+    let db = "ext_review";
+    pg.fresh_database(db).await;
+    let direct = support::connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        pg.port
+    ))
+    .await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = Proxy::start(&pg, &config()).await;
+    let mut raw = Raw::connect(proxy.port, db).await;
+
+    // A parameter number beyond PostgreSQL's limit is refused, not allocated.
+    raw.send(&[
+        parse_msg("", "INSERT INTO customers (email) VALUES ($99999999999)"),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    assert_eq!(tags(&got), "EZ", "{got:?}");
+
+    // COPY FROM STDIN into encrypted columns only on its own in a Query.
+    for sql in [
+        "COPY customers (email) FROM STDIN; COPY customers (email) FROM STDIN",
+        "COPY customers (email) FROM STDIN; SELECT 1 FROM customers WHERE email LIKE 'a%'",
+    ] {
+        let mut q = sql.as_bytes().to_vec();
+        q.push(0);
+        raw.send(&[msg(b'Q', &q)]).await;
+        let got = raw.until_ready().await;
+        assert_eq!(tags(&got), "EZ", "{sql}: {got:?}");
+    }
+
+    // Messages the server skips after an error change nothing pgveil knows:
+    // the unnamed statement is still the INSERT, so its parameter is
+    // encrypted after the Sync.
+    raw.send(&[
+        parse_msg("", "INSERT INTO customers (id, email) VALUES (1, $1)"),
+        msg(b'S', b""),
+    ])
+    .await;
+    assert_eq!(tags(&raw.until_ready().await), "1Z");
+    raw.send(&[
+        parse_msg("fail", "SELECT 1/0"),
+        bind_msg("fail", &[]),
+        execute_msg(),
+        msg(b'H', b""),
+    ])
+    .await;
+    let got = raw.until(b'E').await;
+    assert_eq!(got.last().unwrap().0, b'E', "{got:?}");
+    raw.send(&[
+        parse_msg("", "SELECT $1::text"),
+        bind_msg("", &["skipped-secret"]),
+        execute_msg(),
+        msg(b'S', b""),
+        bind_msg("", &["kept-secret@x.com"]),
+        execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    assert_eq!(tags(&raw.until_ready().await), "Z");
+    let got = raw.until_ready().await;
+    assert_eq!(tags(&got), "2CZ", "{got:?}");
+    let stored: Vec<u8> = direct
+        .query_one("SELECT email FROM customers WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored[0], 1, "stored in plaintext: {stored:?}");
+    drop(raw);
+    proxy.stop().await;
+}

@@ -139,7 +139,12 @@ impl Transformer {
         map: &mut FieldMap<'_>,
     ) -> Result<(), CopyError> {
         if self.ended {
-            out.extend_from_slice(input);
+            // Data from the client after its end marker never reaches the
+            // database (a newer server might read it); the server's own
+            // output passes.
+            if !self.check_count {
+                out.extend_from_slice(input);
+            }
             return Ok(());
         }
         self.carry.extend_from_slice(input);
@@ -172,8 +177,11 @@ impl Transformer {
                     let record = &rest[..end];
                     let header = self.options.header && self.line == 1;
                     let done = text::is_end_marker(record);
-                    if header || done {
+                    if header || (done && !self.check_count) {
                         out.extend_from_slice(record);
+                    } else if done {
+                        // The client's end marker: the COPY ends at its
+                        // CopyDone either way.
                     } else {
                         text::row(
                             &self.options,
@@ -191,7 +199,9 @@ impl Transformer {
             start += used;
             if done {
                 self.ended = true;
-                out.extend_from_slice(&self.carry[start..]);
+                if !self.check_count {
+                    out.extend_from_slice(&self.carry[start..]);
+                }
                 start = self.carry.len();
                 break;
             }
@@ -219,8 +229,12 @@ impl Transformer {
         if text::unterminated_quote(&self.options, &record) {
             return Err(self.at_line(CopyError::format("unterminated CSV quoted field")));
         }
-        if (self.options.header && self.line == 1) || text::is_end_marker(&record) {
+        let marker = text::is_end_marker(&record);
+        if (self.options.header && self.line == 1) || (marker && !self.check_count) {
             out.extend_from_slice(&record);
+            return Ok(());
+        }
+        if marker {
             return Ok(());
         }
         text::row(

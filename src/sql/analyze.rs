@@ -2279,7 +2279,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     let n = p
                         .strip_prefix('$')
                         .and_then(|d| d.parse::<usize>().ok())
-                        .filter(|n| *n >= 1)
+                        // PostgreSQL allows at most 65535 parameters.
+                        .filter(|n| (1..=65_535).contains(n))
                         .ok_or_else(|| {
                             Refusal::general("a parameter pgveil cannot read", "unparsed")
                         })?;

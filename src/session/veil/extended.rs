@@ -62,6 +62,8 @@ pub(super) struct Statement {
     pub decoder: Mutex<Option<CachedDecoder>>,
     /// Per parameter: its `values_encrypted_total` counter.
     pub counters: Vec<Option<prometheus::IntCounter>>,
+    /// See [`Extended::conflicted`].
+    pub conflicted: bool,
 }
 
 impl Statement {
@@ -78,11 +80,20 @@ impl Statement {
             copy: None,
             decoder: Mutex::new(None),
             counters: Vec::new(),
+            conflicted: false,
         }
     }
 
     fn encrypts_params(&self) -> bool {
-        self.params.iter().any(Option::is_some)
+        self.params.iter().any(Option::is_some) || self.conflicted
+    }
+
+    /// A name whose definition is uncertain: every Bind of it is refused.
+    fn conflicted(name: &str) -> Statement {
+        Statement {
+            conflicted: true,
+            ..Statement::passthrough(name)
+        }
     }
 }
 
@@ -142,6 +153,11 @@ pub(super) struct Extended {
     pub skip_until_sync: bool,
     /// Extended messages were sent since the last Sync.
     pub in_batch: bool,
+    /// Names whose definition pgveil cannot be sure of (a SQL `PREPARE`
+    /// and a protocol Parse, or two PREPAREs, gave it different parameter
+    /// encryption, and one of them may have failed): Bind and `EXECUTE` of
+    /// them are refused.
+    pub conflicted: std::collections::HashSet<String>,
 }
 
 /// Queues a step unless the server is skipping messages until Sync.
@@ -190,7 +206,7 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
                 .as_ref()
                 .and_then(|p| p.statement.as_ref())
                 .and_then(|s| s.copy.clone())
-                .filter(|p| !p.to)
+                .filter(|p| !p.to && !st.ext.skip_until_sync)
             {
                 let enc = veil.shared.encryption();
                 let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
@@ -262,6 +278,9 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
 /// The statement a Bind or Describe names: prepared through the protocol,
 /// or with SQL `PREPARE` (both share PostgreSQL's namespace).
 fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
+    if st.ext.conflicted.contains(name) {
+        return Some(Arc::new(Statement::conflicted(name)));
+    }
     if let Some(s) = st.ext.statements.get(name) {
         return Some(s.clone());
     }
@@ -286,6 +305,7 @@ fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
         copy: None,
         decoder: Mutex::new(None),
         counters: Vec::new(),
+        conflicted: false,
     }))
 }
 
@@ -293,6 +313,10 @@ fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
 fn register(veil: &Veil, name: &str, statement: Statement, steps: Vec<Step>) -> Arc<Statement> {
     let new = Arc::new(statement);
     let mut st = veil.state();
+    if st.ext.skip_until_sync {
+        // The server skips this Parse: nothing changes.
+        return new;
+    }
     let previous = st.ext.statements.insert(name.to_string(), new.clone());
     push_step(
         &mut st,
@@ -465,6 +489,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         copy: plan.and_then(|p| p.copy.clone()),
         decoder: Mutex::new(None),
         counters: Vec::new(),
+        conflicted: false,
     };
     let statement = Statement {
         counters: statement
@@ -484,12 +509,20 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     if !parsed.name.is_empty() && statement.encrypts_params() {
         // `EXECUTE name(...)` in SQL reaches the same statement: its
         // literals must be encrypted the same way.
-        let spec = statement
+        let spec: Vec<Option<Encrypted>> = statement
             .params
             .iter()
             .map(|b| b.as_ref().map(|b| b.column.clone()))
             .collect();
-        veil.state().prepared.insert(parsed.name.to_string(), spec);
+        let mut st = veil.state();
+        if !st.ext.skip_until_sync {
+            let name = parsed.name.to_string();
+            if let Some(old) = st.prepared.insert(name.clone(), spec.clone())
+                && old != spec
+            {
+                st.ext.conflicted.insert(name);
+            }
+        }
     }
     let changed = new_text.is_some() || statement.encrypts_params();
     let statement = register(veil, parsed.name, statement, Vec::new());
@@ -536,7 +569,17 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
         (lookup_statement(&st, bind.statement), st.settings.clone())
     };
     let mut out = None;
-    if let Some(s) = statement.as_ref().filter(|s| s.encrypts_params()) {
+    if let Some(s) = statement.as_ref().filter(|s| s.conflicted) {
+        let r = Refusal::general(
+            format!(
+                "prepared statement \"{}\" was defined twice (SQL PREPARE and protocol Parse) and pgveil cannot tell which definition the database holds; close it and prepare it again under a new name",
+                bind.statement
+            ),
+            "unsupported",
+        );
+        let relation = super::refusal_token(veil, &s.sql, r, "extended");
+        out = Some(extended::encode_bind(bind.portal, &relation, &[], &[]));
+    } else if let Some(s) = statement.as_ref().filter(|s| s.encrypts_params()) {
         let enc = veil.shared.encryption();
         let mut values: Vec<(i16, Option<Vec<u8>>)> = Vec::with_capacity(bind.params.len());
         for (i, v) in bind.params.iter().enumerate() {
@@ -587,6 +630,10 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
         columns: OnceLock::new(),
     });
     let mut st = veil.state();
+    if st.ext.skip_until_sync {
+        // The server skips this Bind: nothing changes.
+        return Ok(out);
+    }
     let previous = st
         .ext
         .portals
@@ -864,6 +911,7 @@ pub(super) fn closed(st: &mut super::State, step: Step) {
 
 /// Logs a step/response mismatch: pgveil lost track of the stream, which
 /// must not happen; the response is forwarded unchanged.
-pub(super) fn out_of_step(tag: u8) {
-    warn!(tag = %(tag as char), "response does not match the expected extended-protocol step");
+pub(super) fn out_of_step(st: &mut super::State, tag: u8) {
+    st.desync = true;
+    warn!(tag = %(tag as char), "response does not match the expected extended-protocol step; ending the session");
 }

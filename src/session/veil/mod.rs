@@ -172,6 +172,13 @@ struct State {
     copy_in: Option<copy::CopyStream>,
     /// COPY TO STDOUT data from the database being decrypted.
     copy_out: Option<copy::CopyStream>,
+    /// A response did not match what pgveil expected: the session ends
+    /// rather than guess how to read what follows.
+    desync: bool,
+    /// A Query that pgveil forwarded unanalysed said `PREPARE`: after a
+    /// reload that changes encrypted columns, that statement may bind
+    /// plaintext into one.
+    unanalysed_prepare: bool,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -273,6 +280,8 @@ pub async fn run(
             watched: None,
             copy_in: None,
             copy_out: None,
+            desync: false,
+            unanalysed_prepare: false,
         }),
     };
     if String::from_utf8_lossy(startup_packet)
@@ -449,6 +458,13 @@ fn reconcile_reload(veil: &Veil) -> Result<(), SessionError> {
             return Ok(());
         }
         st.columns_signature = enc.columns_signature.clone();
+        if !st.prepared.is_empty() || st.unanalysed_prepare {
+            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+                  "session ended: encrypted columns changed under SQL prepared statements");
+            return Err(SessionError::Reload(
+                "pgveil: configuration reloaded; encrypted columns changed under this session's prepared statements, reconnect to prepare them again".into(),
+            ));
+        }
         st.ext
             .statements
             .iter()
@@ -622,6 +638,12 @@ async fn on_query<W: AsyncWrite + Unpin>(
             .statements_total
             .with_label_values(&["simple", "passthrough"])
             .inc();
+        if lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "prepare")
+        {
+            veil.state().unanalysed_prepare = true;
+        }
         push_query(veil, Vec::new(), catalog, started);
         return Ok(BytesMut::from(frame));
     }
@@ -682,6 +704,19 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
+    let copy_from = analysis
+        .statements
+        .iter()
+        .any(|s| s.copy.as_ref().is_some_and(|c| !c.to));
+    if copy_from && analysis.statements.len() + usize::from(analysis.refusal.is_some()) > 1 {
+        // One encrypting stream per Query: its data must not be mistaken
+        // for another COPY's.
+        let r = Refusal::general(
+            "COPY FROM STDIN into encrypted columns together with other statements in one Query; send it on its own",
+            "copy",
+        );
+        return Ok(refuse(veil, text, &[], r, Some(cat), started));
+    }
     let encrypted = encrypt_edits(veil, &enc, &analysis.statements, &settings);
     let refusal = match (&encrypted, &analysis.refusal) {
         (Err(r), _) | (Ok(_), Some(r)) => Some(r.clone()),
@@ -693,6 +728,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
         {
             passthrough_refusal(veil, text, &r, "simple");
             push_query(veil, Vec::new(), Some(cat), started);
+            if analysis.statements.iter().any(|s| s.copy.is_some()) {
+                start_copies(veil, &analysis.statements);
+            }
             return Ok(BytesMut::from(frame));
         }
         return Ok(refuse(
@@ -851,11 +889,27 @@ fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
 fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan]) {
     let generation = veil.shared.encryption().generation;
     let mut st = veil.state();
+    if st.ext.skip_until_sync {
+        // The server skips this message: nothing is prepared.
+        return;
+    }
     for plan in plans {
         if let Some((name, spec)) = &plan.prepared {
             // The name is now this SQL statement's, whatever pgveil noted
-            // for it from the extended protocol before.
-            st.ext.statements.remove(name);
+            // for it from the extended protocol before, unless this PREPARE
+            // fails (the name is taken): then pgveil cannot tell which.
+            let protocol = st.ext.statements.remove(name);
+            let differs = st.prepared.get(name).is_some_and(|old| old != spec)
+                || protocol.is_some_and(|p| {
+                    p.params
+                        .iter()
+                        .map(|b| b.as_ref().map(|b| &b.column))
+                        .collect::<Vec<_>>()
+                        != spec.iter().map(Option::as_ref).collect::<Vec<_>>()
+                });
+            if differs {
+                st.ext.conflicted.insert(name.clone());
+            }
             st.prepared.insert(name.clone(), spec.clone());
             st.prepared_meta.insert(
                 name.clone(),
@@ -990,6 +1044,11 @@ fn refuse(
     let mut hints = Vec::new();
     record_prepared(veil, text, before);
     for plan in before {
+        if plan.copy.is_some() {
+            // Its data would follow unencrypted: the refusal replaces it
+            // and everything after it.
+            break;
+        }
         let mut replacements: Vec<(std::ops::Range<usize>, String)> = plan
             .replacements
             .iter()
@@ -1254,6 +1313,11 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                 // dropped: the statements and portals are real.
                 let discarding = st.discard_until_ready;
                 let out = on_step_frame(veil, st, frame);
+                if st.desync {
+                    return Err(SessionError::Protocol(
+                        "pgveil lost track of the server's responses".into(),
+                    ));
+                }
                 return Ok(out.filter(|_| !discarding));
             }
             b'E' | b'Z' => extended::abandon_steps(st),
@@ -1279,7 +1343,19 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                         .proxy_overhead_seconds
                         .observe(q.overhead.as_secs_f64());
                 }
-                Some(Pending::Passthrough(started) | Pending::SyncInCopy(started)) => metrics
+                Some(Pending::SyncInCopy(started)) => {
+                    // The COPY never started: this Sync was a real one.
+                    st.ext.skip_until_sync = false;
+                    st.ext.in_batch = false;
+                    if st.copy_in.as_ref().is_some_and(|c| !c.started) {
+                        st.copy_in = None;
+                    }
+                    metrics
+                        .statement_duration_seconds
+                        .with_label_values(&["extended"])
+                        .observe(started.elapsed().as_secs_f64())
+                }
+                Some(Pending::Passthrough(started)) => metrics
                     .statement_duration_seconds
                     .with_label_values(&["extended"])
                     .observe(started.elapsed().as_secs_f64()),
@@ -1513,7 +1589,7 @@ fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMu
             match (tag, step) {
                 (b'1', Step::Parse { .. }) | (b'2', Step::Bind { .. }) => {}
                 (b'3', step @ Step::Close { .. }) => extended::closed(st, step),
-                _ => extended::out_of_step(tag),
+                _ => extended::out_of_step(st, tag),
             }
             Some(frame)
         }
@@ -1533,7 +1609,7 @@ fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMu
                 )
             }
             _ => {
-                extended::out_of_step(tag);
+                extended::out_of_step(st, tag);
                 Some(frame)
             }
         },
@@ -1581,7 +1657,7 @@ fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMu
                     (injected, out)
                 }
                 _ => {
-                    extended::out_of_step(tag);
+                    extended::out_of_step(st, tag);
                     (false, frame)
                 }
             };
@@ -1609,7 +1685,7 @@ fn on_step_frame(veil: &Veil, st: &mut State, frame: BytesMut) -> Option<BytesMu
             // CommandComplete, EmptyQueryResponse, PortalSuspended.
             match st.pending.pop_front() {
                 Some(Pending::Step(Step::Execute { .. })) => {}
-                _ => extended::out_of_step(tag),
+                _ => extended::out_of_step(st, tag),
             }
             Some(frame)
         }
