@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use support::cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::error::SqlState;
 
 struct Running(Child);
 
