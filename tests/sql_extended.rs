@@ -700,6 +700,30 @@ async fn review_regressions_fail_closed() {
         .unwrap()
         .get(0);
     assert_eq!(stored[0], 1, "stored in plaintext: {stored:?}");
+
+    // A settings change in a pipeline: statements on encrypted tables
+    // behind it, before its ReadyForQuery, are refused.
+    raw.send(&[
+        parse_msg("", "SET standard_conforming_strings = off"),
+        bind_msg("", &[]),
+        execute_msg(),
+        parse_msg(
+            "",
+            "INSERT INTO customers (id, email) VALUES (2, 'a\\', '), (3, $$zq-plain$$) --')",
+        ),
+        bind_msg("", &[]),
+        execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    assert!(tags(&got).contains('E'), "{got:?}");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
     drop(raw);
     proxy.stop().await;
 }

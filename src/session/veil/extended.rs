@@ -158,6 +158,9 @@ pub(super) struct Extended {
     /// encryption, and one of them may have failed): Bind and `EXECUTE` of
     /// them are refused.
     pub conflicted: std::collections::HashSet<String>,
+    /// A Parse in this batch may change `standard_conforming_strings` or
+    /// `client_encoding`.
+    pub settings_pending: bool,
 }
 
 /// Queues a step unless the server is skipping messages until Sync.
@@ -269,7 +272,15 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
                 // A FunctionCall the server skips: no ReadyForQuery.
                 return Ok(BytesMut::from(frame));
             }
-            st.pending.push_back(Pending::Passthrough(Instant::now()));
+            if frame[0] == b'F' || std::mem::take(&mut st.ext.settings_pending) {
+                // This batch (or a function call) may change how strings
+                // are read: statements on encrypted tables wait for its
+                // ReadyForQuery, as after such a simple Query.
+                st.settings_in_flight += 1;
+                st.pending.push_back(Pending::SettingsSync(Instant::now()));
+            } else {
+                st.pending.push_back(Pending::Passthrough(Instant::now()));
+            }
             Ok(BytesMut::from(frame))
         }
     }
@@ -350,6 +361,16 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
     let text = parsed.query;
+    let settings_pending = {
+        let lower = text.to_ascii_lowercase();
+        let changes = super::changes_settings(&lower);
+        let mut st = veil.state();
+        let pending = st.ext.settings_pending;
+        if changes && !st.ext.skip_until_sync {
+            st.ext.settings_pending = true;
+        }
+        pending
+    };
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
@@ -379,7 +400,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             "unparsed",
         ));
     }
-    if in_flight > 0 {
+    if in_flight > 0 || settings_pending {
         return refuse(Refusal::general(
             "a change to standard_conforming_strings or client_encoding is still in flight; wait for its result",
             "unparsed",

@@ -47,6 +47,9 @@ enum Pending {
     Passthrough(Instant),
     /// A simple Query from the client.
     Query(QueryState),
+    /// A Sync (or FunctionCall) after messages that may change string or
+    /// encoding settings: until its ReadyForQuery they are unknown.
+    SettingsSync(Instant),
     /// pgveil's own catalog query: consumed, not forwarded.
     Catalog(CatalogLoad),
     /// One extended-protocol message's response.
@@ -619,16 +622,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         // Name resolution may change: this session gets a catalog of its own.
         veil.make_key_private();
     }
-    let changes_settings = [
-        "standard_conforming_strings",
-        "client_encoding",
-        "set_config",
-    ]
-    .iter()
-    .any(|k| lower.contains(k))
-        || lower
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .any(|w| w == "reset" || w == "discard");
+    let changes_settings = changes_settings(&lower);
     veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
     let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
@@ -778,6 +772,22 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Some(t) => query::encode(&t),
         None => BytesMut::from(frame),
     })
+}
+
+/// Whether a statement (lower-cased) may change how PostgreSQL reads
+/// strings: `standard_conforming_strings`, `client_encoding`, `set_config`,
+/// `RESET`, `DISCARD`.
+fn changes_settings(lower: &str) -> bool {
+    [
+        "standard_conforming_strings",
+        "client_encoding",
+        "set_config",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+        || lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "reset" || w == "discard")
 }
 
 /// Queues the response expectations of a Query. Its overhead is the time
@@ -1359,6 +1369,13 @@ fn on_server_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, Ses
                     .statement_duration_seconds
                     .with_label_values(&["extended"])
                     .observe(started.elapsed().as_secs_f64()),
+                Some(Pending::SettingsSync(started)) => {
+                    st.settings_in_flight = st.settings_in_flight.saturating_sub(1);
+                    metrics
+                        .statement_duration_seconds
+                        .with_label_values(&["extended"])
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 _ => {}
             }
             st.decoder = None;
