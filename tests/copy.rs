@@ -8,16 +8,17 @@
 
 mod support;
 
-use std::error::Error;
+use support::pgdate::Days;
+
 use std::path::Path;
 use std::process::Command;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use support::raw::{Raw, msg, tags};
 use support::{PASSWORD, PgCluster, Proxy, cluster};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::Type;
 
 fn config() -> String {
     format!(
@@ -228,30 +229,6 @@ async fn psql_copy_round_trips_csv_text_and_binary_exactly() {
         "{rows}"
     );
     proxy.stop().await;
-}
-
-/// `date` in binary form, so the test needs no date crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Days(i32);
-
-impl ToSql for Days {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.put_i32(self.0);
-        Ok(IsNull::No)
-    }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::DATE
-    }
-    to_sql_checked!();
-}
-
-impl<'a> FromSql<'a> for Days {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Days, Box<dyn Error + Sync + Send>> {
-        Ok(Days(i32::from_be_bytes(raw.try_into()?)))
-    }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::DATE
-    }
 }
 
 #[tokio::test]

@@ -7,13 +7,12 @@
 
 mod support;
 
+use support::pgdate::Days;
+
 use support::raw::{Raw, bind_msg, execute_msg, msg, parse_msg, tags};
 
-use std::error::Error;
-
-use bytes::{BufMut, BytesMut};
 use support::{PgCluster, Proxy, cluster};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::Type;
 
 fn config() -> String {
     format!(
@@ -49,31 +48,6 @@ const SCHEMA: &str = "
 CREATE TABLE customers (id serial PRIMARY KEY, name text, email bytea UNIQUE, birth_date bytea, score bytea, country text);
 CREATE TABLE leads (id serial PRIMARY KEY, email bytea, source text);
 ";
-
-/// A `date` in PostgreSQL's binary form (days since 2000-01-01), so the
-/// tests need no date crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Days(i32);
-
-impl ToSql for Days {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.put_i32(self.0);
-        Ok(IsNull::No)
-    }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::DATE
-    }
-    to_sql_checked!();
-}
-
-impl<'a> FromSql<'a> for Days {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Days, Box<dyn Error + Sync + Send>> {
-        Ok(Days(i32::from_be_bytes(raw.try_into()?)))
-    }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::DATE
-    }
-}
 
 async fn setup(
     pg: &PgCluster,

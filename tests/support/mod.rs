@@ -9,6 +9,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pgdate;
 pub mod raw;
 
 use std::net::TcpListener;
