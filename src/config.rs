@@ -144,6 +144,23 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
 }
 
+impl UpstreamTls {
+    /// The mode in force: `verify-full` unless set.
+    pub fn mode(&self) -> UpstreamTlsMode {
+        self.mode.unwrap_or(UpstreamTlsMode::VerifyFull)
+    }
+
+    /// The name the server certificate must carry: `server_name`, else the
+    /// host part of `upstream.address` (brackets of an IPv6 literal removed).
+    pub fn server_name(&self, address: &str) -> String {
+        if let Some(name) = &self.server_name {
+            return name.clone();
+        }
+        let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']').to_string()
+    }
+}
+
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -158,6 +175,19 @@ pub enum UpstreamTlsMode {
     VerifyCa,
     /// TLS, chain and host name verified.
     VerifyFull,
+}
+
+impl UpstreamTlsMode {
+    /// The name as written in `proxy.toml` (libpq's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamTlsMode::Disable => "disable",
+            UpstreamTlsMode::Prefer => "prefer",
+            UpstreamTlsMode::Require => "require",
+            UpstreamTlsMode::VerifyCa => "verify-ca",
+            UpstreamTlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// `[keys]`.
@@ -262,6 +292,10 @@ pub struct Limits {
     /// On SIGTERM, how long open sessions may finish before they are closed.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Authentication (both hops) must finish within this, as PostgreSQL's
+    /// `authentication_timeout`.
+    #[serde(default = "default_auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -271,17 +305,50 @@ impl Default for Limits {
             max_frame_bytes: default_max_frame(),
             startup_timeout_ms: default_startup_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            auth_timeout_ms: default_auth_timeout_ms(),
         }
     }
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// How authentication crosses pgveil.
     #[serde(default)]
     pub mode: AuthMode,
+    /// `scram` mode: the role pgveil logs in as to look up verifiers.
+    #[serde(default)]
+    pub auth_user: Option<Spanned<String>>,
+    /// Environment variable holding `auth_user`'s password.
+    #[serde(default)]
+    pub auth_password_env: Option<String>,
+    /// File holding `auth_user`'s password (trailing newline ignored).
+    #[serde(default)]
+    pub auth_password_file: Option<PathBuf>,
+    /// Query returning `(usename, passwd)` for the user name in `$1`.
+    #[serde(default = "default_auth_query")]
+    pub auth_query: String,
+    /// Database `auth_user` connects to.
+    #[serde(default = "default_auth_database")]
+    pub auth_database: String,
+    /// How long a looked-up verifier is reused.
+    #[serde(default = "default_auth_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: AuthMode::default(),
+            auth_user: None,
+            auth_password_env: None,
+            auth_password_file: None,
+            auth_query: default_auth_query(),
+            auth_database: default_auth_database(),
+            cache_ttl_ms: default_auth_cache_ttl_ms(),
+        }
+    }
 }
 
 /// `auth.mode`.
@@ -291,6 +358,9 @@ pub enum AuthMode {
     /// Client and PostgreSQL authenticate each other end to end.
     #[default]
     Passthrough,
+    /// pgveil verifies the client against PostgreSQL's stored verifier and
+    /// logs in upstream with the key recovered from the client's proof.
+    Scram,
 }
 
 /// One `[[encrypt]]` entry.
@@ -443,6 +513,18 @@ fn default_startup_timeout_ms() -> u64 {
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }
+fn default_auth_timeout_ms() -> u64 {
+    60_000
+}
+fn default_auth_query() -> String {
+    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".to_string()
+}
+fn default_auth_database() -> String {
+    "postgres".to_string()
+}
+fn default_auth_cache_ttl_ms() -> u64 {
+    10_000
+}
 
 impl Config {
     /// Reads and validates a config file.
@@ -520,6 +602,8 @@ impl Config {
                 _ => {}
             }
         }
+        self.validate_tls(&invalid)?;
+        self.validate_auth(&invalid)?;
         if !self.encrypt.is_empty() && self.keys.is_none() {
             return Err(invalid(
                 self.encrypt[0].table.span(),
@@ -597,6 +681,75 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(
+        &self,
+        invalid: &impl Fn(std::ops::Range<usize>, String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let Some(tls) = &self.upstream.tls else {
+            return Ok(());
+        };
+        let span = self.upstream.address.span();
+        let mode = tls.mode();
+        if matches!(mode, UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull) && tls.ca.is_none() {
+            return Err(invalid(
+                span,
+                "upstream.tls.ca".into(),
+                format!(
+                    "mode {} verifies the server against a CA: set ca to the PEM bundle that signed \
+                     the PostgreSQL server's certificate",
+                    mode.name()
+                ),
+            ));
+        }
+        if mode == UpstreamTlsMode::VerifyFull && tls.server_name(self.upstream.address.get_ref()).is_empty() {
+            return Err(invalid(span, "upstream.tls.server_name".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(
+        &self,
+        invalid: &impl Fn(std::ops::Range<usize>, String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.mode == AuthMode::Passthrough {
+            if let Some(user) = &auth.auth_user {
+                return Err(invalid(
+                    user.span(),
+                    "auth.auth_user".into(),
+                    "is used only with mode = \"scram\"".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let Some(user) = &auth.auth_user else {
+            return Err(invalid(
+                0..0,
+                "auth.auth_user".into(),
+                "mode = \"scram\" looks up verifiers as this role: set auth_user (see docs/TLS.md)"
+                    .into(),
+            ));
+        };
+        if user.get_ref().is_empty() {
+            return Err(invalid(user.span(), "auth.auth_user".into(), "must not be empty".into()));
+        }
+        if auth.auth_password_env.is_some() && auth.auth_password_file.is_some() {
+            return Err(invalid(
+                user.span(),
+                "auth".into(),
+                "set either auth_password_env or auth_password_file, not both".into(),
+            ));
+        }
+        if !auth.auth_query.contains("$1") {
+            return Err(invalid(
+                user.span(),
+                "auth.auth_query".into(),
+                "must take the user name as $1".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A human-readable summary for `pgveil check`.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -615,10 +768,18 @@ impl Config {
             self.upstream.address.get_ref(),
             self.upstream.connect_timeout_ms,
             match &self.upstream.tls {
-                Some(t) => format!("{:?}", t.mode.unwrap_or(UpstreamTlsMode::VerifyFull)),
+                Some(t) => t.mode().name().to_string(),
                 None => "off".to_string(),
             }
         ));
+        out.push_str(&match (&self.auth.mode, &self.auth.auth_user) {
+            (AuthMode::Scram, Some(user)) => format!(
+                "auth:     scram (verifiers looked up as {} in database {})\n",
+                user.get_ref(),
+                self.auth.auth_database
+            ),
+            _ => "auth:     passthrough (end to end between client and PostgreSQL)\n".to_string(),
+        });
         match &self.keys {
             Some(k) => {
                 let source = match (&k.master_key_env, &k.master_key_file) {

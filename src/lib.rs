@@ -11,8 +11,11 @@
 //! - [`config`] — `proxy.toml`.
 //! - [`catalog`] — what a database says about the configured tables.
 //! - [`sql`] — the analyzer and rewriter; works on text and catalog facts.
-//! - [`session`] — one client connection: startup, authentication relay and the
-//!   message loop.
+//! - [`tls`] — TLS settings for both hops and the channel-binding hash.
+//! - [`auth`] — authentication before the relay: end to end (passthrough) or
+//!   terminated by pgveil with SCRAM (`[auth] mode = "scram"`).
+//! - [`session`] — one client connection: startup and TLS negotiation, then
+//!   the message loop.
 //! - [`server`] — the listener, connection limit and graceful shutdown.
 //! - [`logging`] — `tracing` set-up from `[log]`.
 //! - [`localpg`] — local PostgreSQL server binaries (demo, tests).
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod copy;
@@ -34,3 +38,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod tls;

@@ -102,6 +102,9 @@ impl From<StorageArg> for Storage {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One process-wide TLS provider, chosen explicitly (pgveil's own TLS
+    // objects also name it); an Err only means one was already installed.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

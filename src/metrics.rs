@@ -47,6 +47,13 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `listen.max_connections`.
     pub max_client_connections: IntGauge,
+    /// TLS handshakes by hop (`client`, `upstream`) and result (`ok`, `error`).
+    pub tls_handshakes_total: IntCounterVec,
+    /// Upstream connections that fell back to plaintext (`mode = "prefer"`).
+    pub upstream_tls_fallbacks_total: IntCounter,
+    /// Authentications pgveil terminated (`[auth] mode = "scram"`), by result
+    /// (`ok`, `failed`, `lookup_error`, `upstream_error`).
+    pub auth_total: IntCounterVec,
 }
 
 /// Every refusal reason, so each series exists from the start.
@@ -162,6 +169,24 @@ impl Metrics {
                 "pgveil_max_client_connections",
                 "Configured listen.max_connections",
             )?,
+            tls_handshakes_total: IntCounterVec::new(
+                Opts::new(
+                    "pgveil_tls_handshakes_total",
+                    "TLS handshakes, by hop and result",
+                ),
+                &["side", "result"],
+            )?,
+            upstream_tls_fallbacks_total: IntCounter::new(
+                "pgveil_upstream_tls_fallbacks_total",
+                "Upstream connections made in plaintext because the server refused TLS (mode prefer)",
+            )?,
+            auth_total: IntCounterVec::new(
+                Opts::new(
+                    "pgveil_auth_total",
+                    "Client authentications terminated by pgveil (auth mode scram), by result",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -182,6 +207,17 @@ impl Metrics {
         r.register(Box::new(m.bytes_total.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.max_client_connections.clone()))?;
+        r.register(Box::new(m.tls_handshakes_total.clone()))?;
+        r.register(Box::new(m.upstream_tls_fallbacks_total.clone()))?;
+        r.register(Box::new(m.auth_total.clone()))?;
+        for side in ["client", "upstream"] {
+            for result in ["ok", "error"] {
+                m.tls_handshakes_total.with_label_values(&[side, result]);
+            }
+        }
+        for result in ["ok", "failed", "lookup_error", "upstream_error"] {
+            m.auth_total.with_label_values(&[result]);
+        }
         for reason in REFUSAL_REASONS {
             m.refused_statements_total.with_label_values(&[reason]);
         }
@@ -189,7 +225,15 @@ impl Metrics {
             m.bytes_total.with_label_values(&[direction]);
         }
         // Pre-create the fixed label sets so dashboards see zeros, not gaps.
-        for reason in ["max_connections", "protocol", "startup_timeout", "upstream"] {
+        for reason in [
+            "max_connections",
+            "protocol",
+            "startup_timeout",
+            "upstream",
+            "tls",
+            "tls_required",
+            "auth",
+        ] {
             m.client_connections_rejected_total
                 .with_label_values(&[reason]);
         }

@@ -16,8 +16,10 @@ use crate::admin::{self, Health};
 use crate::catalog::{self, Catalog, Encrypted};
 use crate::config::Config;
 use crate::crypto::Keyring;
+use crate::auth::lookup::Lookup;
 use crate::metrics::Metrics;
 use crate::session;
+use crate::tls::TlsSettings;
 use crate::sql::analyze::Watched;
 use crate::sql::{Analysis, analyze};
 
@@ -46,6 +48,11 @@ pub struct Shared {
     catalog_generation: std::sync::atomic::AtomicU64,
     /// Analyses by (catalog generation, statement text).
     plans: std::sync::Mutex<PlanCache>,
+    /// TLS settings of both hops; replaced as a whole when SIGHUP re-reads
+    /// the certificate files. Open sessions keep the settings they began with.
+    tls: std::sync::RwLock<Arc<TlsSettings>>,
+    /// Verifier lookups for `[auth] mode = "scram"`.
+    pub auth_lookup: Lookup,
 }
 
 /// Changes the log filter at run time.
@@ -187,6 +194,7 @@ impl Shared {
     /// Builds the shared state for a config (keys are loaded here).
     pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
         let encryption = Encryption::from_config(config.clone(), 1)?;
+        let tls = TlsSettings::from_config(&config).map_err(ServerError::Tls)?;
         declare_columns(&metrics, &encryption);
         metrics
             .max_client_connections
@@ -201,7 +209,17 @@ impl Shared {
             catalogs: std::sync::Mutex::new(HashMap::new()),
             catalog_generation: std::sync::atomic::AtomicU64::new(1),
             plans: std::sync::Mutex::new(PlanCache::default()),
+            tls: std::sync::RwLock::new(Arc::new(tls)),
+            auth_lookup: Lookup::default(),
         })
+    }
+
+    /// The current TLS settings.
+    pub fn tls(&self) -> Arc<TlsSettings> {
+        self.tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// The current encryption settings.
@@ -250,6 +268,19 @@ impl Shared {
         {
             warn!("listen and upstream addresses change only on restart");
         }
+        // Certificate files are re-read, so a renewed certificate is picked
+        // up without dropping a connection; sessions keep the TLS they began
+        // with. Turning TLS on or off for a hop needs a restart.
+        let tls_source = if config.listen.tls.is_some() != self.config.listen.tls.is_some()
+            || config.upstream.tls.is_some() != self.config.upstream.tls.is_some()
+        {
+            warn!("adding or removing [listen.tls] or [upstream.tls] takes effect only on restart");
+            &self.config
+        } else {
+            &config
+        };
+        let tls = TlsSettings::from_config(tls_source)
+            .map_err(|e| format!("TLS: {e}; the previous certificates stay in force"))?;
         let next =
             Encryption::from_config(config, current.generation + 1).map_err(|e| e.to_string())?;
         if let Some(apply) = &self.log_reload {
@@ -258,6 +289,9 @@ impl Shared {
         declare_columns(&self.metrics, &next);
         if let Ok(mut slot) = self.encryption.write() {
             *slot = Arc::new(next);
+        }
+        if let Ok(mut slot) = self.tls.write() {
+            *slot = Arc::new(tls);
         }
         self.invalidate_all_catalogs();
         Ok(())
@@ -360,10 +394,9 @@ pub enum ServerError {
     /// The master key could not be loaded or does not match its check value.
     #[error("{0}")]
     Keys(crate::crypto::CryptoError),
-    /// TLS is configured, but this build cannot yet serve it; answering
-    /// clients in plaintext instead would silently weaken the DBA's setup.
-    #[error("[{0}] is configured, but TLS is not available in this build; refusing to start")]
-    TlsUnavailable(&'static str),
+    /// A certificate or key file could not be used.
+    #[error("TLS: {0}")]
+    Tls(crate::tls::TlsError),
     /// The metrics registry could not be built.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -379,12 +412,6 @@ pub struct Server {
 impl Server {
     /// Binds `listen.address`.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        if config.listen.tls.is_some() {
-            return Err(ServerError::TlsUnavailable("listen.tls"));
-        }
-        if config.upstream.tls.is_some() {
-            return Err(ServerError::TlsUnavailable("upstream.tls"));
-        }
         let address = config.listen.address.get_ref().clone();
         let listener = TcpListener::bind(address.as_str())
             .await

@@ -29,4 +29,6 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// `invalid_authorization_specification`.
     pub const INVALID_AUTHORIZATION: &str = "28000";
+    /// `invalid_password`.
+    pub const INVALID_PASSWORD: &str = "28P01";
 }

@@ -5,6 +5,7 @@
 
 pub mod relay;
 pub mod startup;
+pub mod stream;
 pub mod veil;
 
 use std::collections::VecDeque;
@@ -12,14 +13,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::auth::{self, AuthError};
+use crate::config::AuthMode;
 use crate::protocol::messages::ErrorResponse;
 use crate::protocol::sqlstate;
 use crate::server::Shared;
 use startup::Opening;
+use stream::Stream;
 
 /// Errors that end a session. None of them carries SQL text or values.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,9 @@ pub enum SessionError {
     /// The client took too long to start up.
     #[error("startup timed out")]
     StartupTimeout,
+    /// The client's TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A configuration reload invalidated something this session holds.
     #[error("{0}")]
     Reload(String),
@@ -49,15 +56,16 @@ pub enum SessionError {
 /// Serves one accepted client. `admitted` is false when the connection limit
 /// is reached: the client then gets PostgreSQL's own 53300 after its startup
 /// packet, as libpq expects it.
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admitted: bool) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admitted: bool) {
     let _ = client.set_nodelay(true);
     let limits = &shared.config.limits;
+    let tls = shared.tls();
     let opening = tokio::time::timeout(
         Duration::from_millis(limits.startup_timeout_ms),
-        startup::negotiate(&mut client),
+        startup::negotiate(client, tls.server.as_deref(), &shared.metrics),
     )
     .await;
-    let opening = match opening {
+    let (mut client, opening) = match opening {
         Err(_) => {
             info!(%peer, "client did not complete startup in time; closing");
             if admitted {
@@ -65,13 +73,24 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
             }
             return;
         }
+        Ok(Err(SessionError::Tls(e))) => {
+            // rustls's reasons name protocol failures, never key material.
+            warn!(%peer, error = %e, "TLS handshake with client failed; closing");
+            if admitted {
+                reject(&shared, "tls");
+            }
+            return;
+        }
+        Ok(Err(SessionError::Io(e))) => {
+            debug!(%peer, error = %e, "client connection failed during startup");
+            return;
+        }
         Ok(Err(e)) => {
             warn!(%peer, error = %e, "malformed startup; closing");
             if admitted {
                 reject(&shared, "protocol");
             }
-            let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgveil: {e}"));
-            let _ = client.write_all(&msg.to_bytes()).await;
+            // negotiate() has told the client why.
             return;
         }
         Ok(Ok(o)) => o,
@@ -86,20 +105,53 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
                     sqlstate::TOO_MANY_CONNECTIONS,
                     "sorry, too many clients already",
                 );
-                let _ = client.write_all(&msg.to_bytes()).await;
+                let _ = write_flush(&mut client, &msg.to_bytes()).await;
                 return;
             }
-            debug!(%peer, user = %params.user, database = %params.database,
+            if tls.server.as_ref().is_some_and(|t| t.required) && !client.is_tls() {
+                info!(%peer, user = %params.user, "client did not negotiate TLS, which is required; refusing");
+                reject(&shared, "tls_required");
+                let msg = ErrorResponse::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "pgveil: TLS is required: connect with sslmode=require, verify-ca or verify-full",
+                );
+                let _ = write_flush(&mut client, &msg.to_bytes()).await;
+                return;
+            }
+            debug!(%peer, user = %params.user, database = %params.database, tls = client.is_tls(),
                    protocol = %format!("{}.{}", params.major, params.minor), "client startup");
-            let upstream = match startup::connect_upstream(&shared).await {
-                Ok(u) => u,
-                Err(e) => {
-                    warn!(%peer, error = %e, "upstream unreachable");
-                    shared.metrics.upstream_connect_errors_total.inc();
-                    reject(&shared, "upstream");
-                    let msg =
-                        ErrorResponse::fatal(sqlstate::UNABLE_TO_CONNECT, format!("pgveil: {e}"));
-                    let _ = client.write_all(&msg.to_bytes()).await;
+            let ctx = AuditContext {
+                peer,
+                database: &params.database,
+                user: &params.user,
+            };
+            let authenticated = tokio::time::timeout(
+                Duration::from_millis(limits.auth_timeout_ms),
+                authenticate(&mut client, &packet, &shared, &tls, &ctx),
+            )
+            .await;
+            let upstream = match authenticated {
+                Ok(Ok(u)) => u,
+                Ok(Err(e)) => {
+                    if let Some(msg) = e.client_message() {
+                        let _ = write_flush(&mut client, &msg).await;
+                    }
+                    match e {
+                        AuthError::ClientClosed => debug!(%peer, "client closed during authentication"),
+                        AuthError::Upstream(_) => {}
+                        other => info!(%peer, error = %other, "authentication did not complete"),
+                    }
+                    reject(&shared, "auth");
+                    return;
+                }
+                Err(_) => {
+                    info!(%peer, "authentication did not complete in time; closing");
+                    let msg = ErrorResponse::fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "pgveil: authentication timed out",
+                    );
+                    let _ = write_flush(&mut client, &msg.to_bytes()).await;
+                    reject(&shared, "auth");
                     return;
                 }
             };
@@ -119,14 +171,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
                     )
                     .await
                 }
-                false => {
-                    let ctx = AuditContext {
-                        peer,
-                        database: &params.database,
-                        user: &params.user,
-                    };
-                    relay::run(client, upstream, &packet, &shared, &ctx).await
-                }
+                false => relay::run(client, upstream, &shared, &ctx).await,
             };
             metrics.client_connections.dec();
             match result {
@@ -135,6 +180,41 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
             }
         }
     }
+}
+
+/// Opens the upstream connection and authenticates the client on it, as
+/// `[auth] mode` says. Returns the upstream once AuthenticationOk has
+/// reached the client.
+async fn authenticate(
+    client: &mut Stream,
+    packet: &[u8],
+    shared: &Shared,
+    tls: &crate::tls::TlsSettings,
+    ctx: &AuditContext<'_>,
+) -> Result<Stream, AuthError> {
+    if shared.config.auth.mode == AuthMode::Scram {
+        let end_point = tls.server.as_ref().and_then(|t| t.end_point.as_deref());
+        return auth::terminate::authenticate(client, packet, end_point, shared, ctx).await;
+    }
+    let mut upstream = match startup::connect_upstream(shared, tls.upstream.as_deref()).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(peer = %ctx.peer, error = %e, "upstream unreachable");
+            shared.metrics.upstream_connect_errors_total.inc();
+            return Err(AuthError::Refused {
+                code: sqlstate::UNABLE_TO_CONNECT,
+                message: format!("pgveil: {e}"),
+            });
+        }
+    };
+    auth::passthrough::relay(client, &mut upstream, packet, ctx).await?;
+    Ok(upstream)
+}
+
+/// Writes and flushes: TLS holds written bytes until flushed.
+pub(crate) async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 fn reject(shared: &Shared, reason: &str) {
@@ -252,7 +332,7 @@ impl Timing {
 /// Tells the client why its session ends after a malformed frame from
 /// either side; the returned error is for the log.
 pub(crate) async fn report_malformed(
-    client: &mut TcpStream,
+    client: &mut Stream,
     from_client: bool,
     e: crate::protocol::FrameError,
 ) -> SessionError {
@@ -263,7 +343,7 @@ pub(crate) async fn report_malformed(
         "pgveil: invalid message from the database server".to_string()
     };
     let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
-    let _ = client.write_all(&msg.to_bytes()).await;
+    let _ = write_flush(client, &msg.to_bytes()).await;
     SessionError::Protocol(e.to_string())
 }
 

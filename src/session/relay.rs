@@ -5,8 +5,8 @@
 use bytes::BytesMut;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::stream::Stream;
 use super::{AuditContext, SessionError, Timing, audit_auth_error};
 use crate::protocol::{Chunk, FrameError, Framer};
 use crate::server::Shared;
@@ -24,13 +24,11 @@ enum PumpEnd {
 
 /// Relays a started session until either side closes.
 pub async fn run(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    startup_packet: &[u8],
+    mut client: Stream,
+    mut upstream: Stream,
     shared: &Shared,
     ctx: &AuditContext<'_>,
 ) -> Result<(), SessionError> {
-    upstream.write_all(startup_packet).await?;
     let limits = &shared.config.limits;
     let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
     let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
@@ -45,8 +43,8 @@ pub async fn run(
         .with_label_values(&["server_to_client"]);
     let timing = Timing::new(&shared.metrics);
     let outcome = {
-        let (mut cr, mut cw) = client.split();
-        let (mut ur, mut uw) = upstream.split();
+        let (mut cr, mut cw) = tokio::io::split(&mut client);
+        let (mut ur, mut uw) = tokio::io::split(&mut upstream);
         tokio::select! {
             r = pump(&mut cr, &mut uw, &mut client_framer, &to_server, Side::Client(&timing), ctx) => r.map(|e| (true, e)),
             r = pump(&mut ur, &mut cw, &mut server_framer, &to_client, Side::Server(&timing), ctx) => r.map(|e| (false, e)),
@@ -105,6 +103,7 @@ where
                 Err(e) => return Ok(PumpEnd::Malformed(e)),
             }
         }
+        writer.flush().await?;
         if !super::fill(reader, &mut buf, READ_BUFFER).await? {
             return Ok(PumpEnd::Eof);
         }

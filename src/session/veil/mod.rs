@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::stream::Stream;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -249,15 +249,14 @@ impl Veil {
 
 /// Runs an encrypting session until either side closes.
 pub async fn run(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    mut client: Stream,
+    mut upstream: Stream,
     startup_packet: &[u8],
     shared: Arc<Shared>,
     user: &str,
     database: &str,
     peer: std::net::SocketAddr,
 ) -> Result<(), SessionError> {
-    upstream.write_all(startup_packet).await?;
     let veil = Veil {
         peer,
         shared: shared.clone(),
@@ -299,8 +298,8 @@ pub async fn run(
     let mut client_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
     let mut server_framer = Framer::new(limits.max_frame_bytes, limits.max_inspected_frame_bytes);
     let outcome = {
-        let (mut cr, mut cw) = client.split();
-        let (mut ur, mut uw) = upstream.split();
+        let (mut cr, mut cw) = tokio::io::split(&mut client);
+        let (mut ur, mut uw) = tokio::io::split(&mut upstream);
         tokio::select! {
             r = client_pump(&veil, &mut cr, &mut uw, &mut client_framer) => r.map(|e| (true, e)),
             r = server_pump(&veil, &mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
@@ -309,7 +308,7 @@ pub async fn run(
     let outcome = match outcome {
         Err(SessionError::Reload(message)) => {
             let msg = ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, message.clone());
-            let _ = client.write_all(&msg.to_bytes()).await;
+            let _ = super::write_flush(&mut client, &msg.to_bytes()).await;
             return Err(SessionError::Reload(message));
         }
         other => other?,
@@ -327,6 +326,7 @@ async fn flush<W: AsyncWrite + Unpin>(
 ) -> Result<(), SessionError> {
     if !out.is_empty() {
         w.write_all(out).await?;
+        w.flush().await?;
         bytes_total.inc_by(out.len() as u64);
         out.clear();
     }
@@ -514,7 +514,7 @@ async fn ensure_catalog<W: AsyncWrite + Unpin>(
     let enc = veil.shared.encryption();
     let config = &enc.config;
     let q = query::encode(&catalog::load_query(config));
-    if writer.write_all(&q).await.is_err() {
+    if super::write_flush(writer, &q).await.is_err() {
         return None;
     }
     let rows = match rx.await {
