@@ -150,6 +150,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let config = Config::load(&cli.config)?;
             print!("{}", config.summary());
+            if config.listen.tls.is_some() || config.upstream.tls.is_some() {
+                pgveil::tls::TlsSettings::from_config(&config)?;
+                println!("tls:      certificate and key files load");
+            }
             if config.keys.is_some() {
                 let keyring = pgveil::crypto::Keyring::from_config(&config)?;
                 println!("master key: loaded, check value {}", keyring.check_value());

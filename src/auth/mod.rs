@@ -77,6 +77,9 @@ pub enum AuthError {
     /// pgveil's own login upstream failed for a reason of its own.
     #[error("{0}")]
     Login(String),
+    /// The upstream could not be reached (or its TLS could not be set up).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl AuthError {
@@ -94,7 +97,7 @@ impl AuthError {
                 )
                 .to_bytes().to_vec(),
             ),
-            AuthError::Login(m) => Some(
+            AuthError::Login(m) | AuthError::Unreachable(m) => Some(
                 ErrorResponse::fatal(
                     crate::protocol::sqlstate::UNABLE_TO_CONNECT,
                     format!("pgveil: {m}"),

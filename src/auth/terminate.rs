@@ -75,7 +75,9 @@ pub async fn authenticate(
         .await
         .map_err(|e| {
             outcome("upstream_error");
-            AuthError::Login(e.to_string())
+            shared.metrics.upstream_connect_errors_total.inc();
+            warn!(client = %ctx.peer, error = %e, "upstream unreachable");
+            AuthError::Unreachable(e.to_string())
         })?;
     let secret = match &verified {
         Verified::Scram(key, v) => LoginSecret::Scram(key, v),

@@ -136,12 +136,12 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, adm
                     if let Some(msg) = e.client_message() {
                         let _ = write_flush(&mut client, &msg).await;
                     }
-                    match e {
+                    match &e {
                         AuthError::ClientClosed => debug!(%peer, "client closed during authentication"),
-                        AuthError::Upstream(_) => {}
+                        AuthError::Upstream(_) | AuthError::Unreachable(_) => {}
                         other => info!(%peer, error = %other, "authentication did not complete"),
                     }
-                    reject(&shared, "auth");
+                    reject(&shared, if matches!(e, AuthError::Unreachable(_)) { "upstream" } else { "auth" });
                     return;
                 }
                 Err(_) => {
@@ -201,10 +201,7 @@ async fn authenticate(
         Err(e) => {
             warn!(peer = %ctx.peer, error = %e, "upstream unreachable");
             shared.metrics.upstream_connect_errors_total.inc();
-            return Err(AuthError::Refused {
-                code: sqlstate::UNABLE_TO_CONNECT,
-                message: format!("pgveil: {e}"),
-            });
+            return Err(AuthError::Unreachable(e.to_string()));
         }
     };
     auth::passthrough::relay(client, &mut upstream, packet, ctx).await?;
