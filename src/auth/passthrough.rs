@@ -59,15 +59,15 @@ pub async fn relay(
                 check_initial_response(&response, upstream.is_tls())?;
                 send(upstream, &message(b'p', &response)).await?;
             }
-            code::CLEARTEXT
-            | code::MD5
-            | code::GSS
-            | code::GSS_CONTINUE
-            | code::SSPI
-            | code::SASL_CONTINUE => {
+            code::CLEARTEXT | code::MD5 | code::SASL_CONTINUE => {
                 let response = super::client_response(client).await?;
                 send(upstream, &message(b'p', &response)).await?;
             }
+            // GSSAPI and SSPI decide per token whether the client answers:
+            // the relay loops, which forward both directions freely, carry
+            // the rest of the exchange (their audit of errors before the
+            // first ReadyForQuery still applies).
+            code::GSS | code::SSPI => return Ok(()),
             // SASLFinal and anything newer: no client response.
             _ => {}
         }
