@@ -157,7 +157,9 @@ impl UpstreamTls {
             return name.clone();
         }
         let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']').to_string()
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
     }
 }
 
@@ -690,7 +692,11 @@ impl Config {
         };
         let span = self.upstream.address.span();
         let mode = tls.mode();
-        if matches!(mode, UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull) && tls.ca.is_none() {
+        if matches!(
+            mode,
+            UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
+        ) && tls.ca.is_none()
+        {
             return Err(invalid(
                 span,
                 "upstream.tls.ca".into(),
@@ -701,8 +707,14 @@ impl Config {
                 ),
             ));
         }
-        if mode == UpstreamTlsMode::VerifyFull && tls.server_name(self.upstream.address.get_ref()).is_empty() {
-            return Err(invalid(span, "upstream.tls.server_name".into(), "must not be empty".into()));
+        if mode == UpstreamTlsMode::VerifyFull
+            && tls.server_name(self.upstream.address.get_ref()).is_empty()
+        {
+            return Err(invalid(
+                span,
+                "upstream.tls.server_name".into(),
+                "must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -731,7 +743,11 @@ impl Config {
             ));
         };
         if user.get_ref().is_empty() {
-            return Err(invalid(user.span(), "auth.auth_user".into(), "must not be empty".into()));
+            return Err(invalid(
+                user.span(),
+                "auth.auth_user".into(),
+                "must not be empty".into(),
+            ));
         }
         if auth.auth_password_env.is_some() && auth.auth_password_file.is_some() {
             return Err(invalid(

@@ -10,29 +10,42 @@ use crate::config::{Log, LogFormat};
 /// Changes the level filter of the installed subscriber.
 pub type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// Installs the global subscriber. Returns a function that changes the
-/// level later (SIGHUP), or an error if the level directive does not parse
-/// or a subscriber is already installed. While `RUST_LOG` is set it wins,
-/// at start and on reload.
+/// Installs the global subscriber, writing to stderr. Returns a function
+/// that changes the level later (SIGHUP), or an error if the level
+/// directive does not parse or a subscriber is already installed. While
+/// `RUST_LOG` is set it wins, at start and on reload.
 pub fn init(log: &Log) -> Result<Reload, String> {
+    init_to(log, std::io::stderr, true)
+}
+
+/// Like [`init`], to any writer (the tests log to files).
+pub fn init_to<W>(log: &Log, writer: W, ansi: bool) -> Result<Reload, String>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     let from_env = std::env::var("RUST_LOG").ok().filter(|e| !e.is_empty());
-    let filter = EnvFilter::try_new(from_env.as_deref().unwrap_or(&log.level))
-        .map_err(|e| format!("invalid log level: {e}"))?;
+    let filter = level_filter(from_env.as_deref().unwrap_or(&log.level))?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::filter_fn(may_log))
+        .with(filter);
     let result = match log.format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
     };
@@ -41,7 +54,69 @@ pub fn init(log: &Log) -> Result<Reload, String> {
         if from_env.is_some() {
             return Ok(());
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level: {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
+        handle
+            .reload(level_filter(level)?)
+            .map_err(|e| e.to_string())
     }))
+}
+
+fn level_filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(level).map_err(|e| format!("invalid log level: {e}"))
+}
+
+/// Events that are never written, whatever level is asked for: libraries
+/// that log the SQL or parameters they handle. sqlparser logs each
+/// statement and its literals at debug, tokio-postgres (used by `demo`,
+/// `guard` and `migrate`) each bound parameter; either would put a
+/// customer's plaintext in a log line.
+fn may_log(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    if target == "sqlparser" || target.starts_with("sqlparser::") {
+        return false;
+    }
+    if target == "tokio_postgres" || target.starts_with("tokio_postgres::") {
+        return *meta.level() <= tracing::Level::INFO;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn library_sql_logging_is_never_enabled() {
+        use tracing::Level;
+        let check = |target: &'static str, level: Level| {
+            struct Cs;
+            impl tracing::callsite::Callsite for Cs {
+                fn set_interest(&self, _: tracing::subscriber::Interest) {}
+                fn metadata(&self) -> &tracing::Metadata<'_> {
+                    unimplemented!()
+                }
+            }
+            static CS: Cs = Cs;
+            let meta = tracing::Metadata::new(
+                "event",
+                target,
+                level,
+                None,
+                None,
+                None,
+                tracing::field::FieldSet::new(&[], tracing_core_id(&CS)),
+                tracing::metadata::Kind::EVENT,
+            );
+            super::may_log(&meta)
+        };
+        assert!(!check("sqlparser::parser", Level::DEBUG));
+        assert!(!check("sqlparser", Level::ERROR));
+        assert!(!check("tokio_postgres::query", Level::DEBUG));
+        assert!(check("tokio_postgres::connection", Level::INFO));
+        assert!(check("pgveil::session", Level::DEBUG));
+        assert!(check("sqlparsers", Level::DEBUG));
+    }
+
+    fn tracing_core_id(
+        cs: &'static dyn tracing::callsite::Callsite,
+    ) -> tracing::callsite::Identifier {
+        tracing::callsite::Identifier(cs)
+    }
 }

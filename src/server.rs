@@ -13,15 +13,15 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
+use crate::auth::lookup::Lookup;
 use crate::catalog::{self, Catalog, Encrypted};
 use crate::config::Config;
 use crate::crypto::Keyring;
-use crate::auth::lookup::Lookup;
 use crate::metrics::Metrics;
 use crate::session;
-use crate::tls::TlsSettings;
 use crate::sql::analyze::Watched;
 use crate::sql::{Analysis, analyze};
+use crate::tls::TlsSettings;
 
 /// Clients past the limit that may wait at once for their 53300; beyond
 /// this they are closed without a word, so a flood cannot pile up tasks.

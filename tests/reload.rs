@@ -16,6 +16,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Running(Child);
 
+impl Running {
+    /// `pgveil run` on `path`, logging at debug for the log audit.
+    fn start(path: &std::path::Path, log: &str) -> Running {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_pgveil"))
+                .args(["run", "--config"])
+                .arg(path)
+                .env("RUST_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(support::child_log(log))
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -99,15 +115,7 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
         config(pg.port, port, mport, &key, &[("people", "email")]),
     )
     .unwrap();
-    let child = Running(
-        Command::new(env!("CARGO_BIN_EXE_pgveil"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = Running::start(&path, "reload");
     let conn = pg
         .conn_str_on(port)
         .replace("dbname=postgres", "dbname=reload_db");
@@ -200,4 +208,118 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
         .unwrap()
         .get(0);
     assert_eq!(stored[0], 1);
+}
+
+/// SHA-256 fingerprint of the certificate pgveil presents on `port`
+/// (`openssl s_client -starttls postgres`: SSLRequest, then the handshake).
+fn presented_fingerprint(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -starttls postgres -connect 127.0.0.1:{port} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn file_fingerprint(cert: &std::path::Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Renewed certificate files are served after SIGHUP to new connections,
+/// while a connection made before keeps working; an unreadable key file is
+/// rejected and the previous certificate stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_without_dropping_connections() {
+    let pg = cluster();
+    let certs = support::tls::certs();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    let install = |pair: &support::tls::CertKey| {
+        std::fs::copy(&pair.cert, &cert).unwrap();
+        std::fs::copy(&pair.key, &key).unwrap();
+    };
+    install(&certs.server);
+    let (port, mport) = (support::free_port(), support::free_port());
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:{port}\"\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             required = true\n[upstream]\naddress = \"127.0.0.1:{}\"\n\
+             [metrics]\naddress = \"127.0.0.1:{mport}\"\n",
+            cert.display(),
+            key.display(),
+            pg.port
+        ),
+    )
+    .unwrap();
+    let child = Running::start(&path, "reload-tls");
+    let conn = format!(
+        "host=localhost port={port} user=postgres password={} dbname=postgres sslmode=require",
+        support::PASSWORD
+    );
+    let connect = || async {
+        let (client, connection) =
+            tokio_postgres::connect(&conn, support::tls::TestTls::new(&certs.ca)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    let mut before = None;
+    for _ in 0..100 {
+        if let Ok(c) = connect().await {
+            before = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = before.expect("pgveil with TLS did not come up");
+    let first = file_fingerprint(&certs.server.cert);
+    let renewed = file_fingerprint(&certs.server_rsa.cert);
+    assert_ne!(first, renewed);
+    assert_eq!(presented_fingerprint(port), first);
+
+    install(&certs.server_rsa);
+    hup(&child);
+    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
+    assert_eq!(
+        presented_fingerprint(port),
+        renewed,
+        "new connections get the renewed certificate"
+    );
+    before
+        .simple_query("SELECT 1")
+        .await
+        .expect("a connection from before the reload survives");
+    connect()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+
+    std::fs::write(&key, "not a key").unwrap();
+    hup(&child);
+    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"error\"} ", 1.0).await;
+    assert_eq!(
+        presented_fingerprint(port),
+        renewed,
+        "a broken key file changes nothing"
+    );
+    connect()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    before.simple_query("SELECT 2").await.unwrap();
 }

@@ -32,10 +32,14 @@ pub async fn login(
     send(upstream, startup).await?;
     let mut for_client = Vec::new();
     let mut exchange: Option<ClientExchange<'_>> = None;
-    let end_point = upstream.peer_certificate().and_then(crate::tls::end_point_hash);
+    let end_point = upstream
+        .peer_certificate()
+        .and_then(crate::tls::end_point_hash);
     loop {
         let Some((tag, body)) = read_message(upstream).await? else {
-            return Err(AuthError::Login("the server closed the connection during login".into()));
+            return Err(AuthError::Login(
+                "the server closed the connection during login".into(),
+            ));
         };
         match tag {
             b'R' => {}
@@ -71,7 +75,8 @@ pub async fn login(
                     }
                 };
                 let (ex, mechanism, first) =
-                    ClientExchange::start(credential, &offered, end_point.clone()).map_err(scram_failed)?;
+                    ClientExchange::start(credential, &offered, end_point.clone())
+                        .map_err(scram_failed)?;
                 send(upstream, &initial_response(mechanism, &first)).await?;
                 exchange = Some(ex);
             }

@@ -60,9 +60,8 @@ fn password(auth: &Auth) -> Result<Zeroizing<Vec<u8>>, AuthError> {
         (Some(var), _) => std::env::var(var)
             .map_err(|_| AuthError::Login(format!("auth_password_env: {var} is not set")))?
             .into_bytes(),
-        (_, Some(path)) => std::fs::read(path).map_err(|e| {
-            AuthError::Login(format!("auth_password_file {}: {e}", path.display()))
-        })?,
+        (_, Some(path)) => std::fs::read(path)
+            .map_err(|e| AuthError::Login(format!("auth_password_file {}: {e}", path.display())))?,
         (None, None) => Vec::new(),
     };
     let mut raw = Zeroizing::new(raw);
@@ -73,7 +72,11 @@ fn password(auth: &Auth) -> Result<Zeroizing<Vec<u8>>, AuthError> {
 }
 
 async fn fetch(shared: &Shared, auth: &Auth, user: &str) -> Result<Option<Secret>, AuthError> {
-    let auth_user = auth.auth_user.as_ref().map(|u| u.get_ref().as_str()).unwrap_or_default();
+    let auth_user = auth
+        .auth_user
+        .as_ref()
+        .map(|u| u.get_ref().as_str())
+        .unwrap_or_default();
     let tls = shared.tls();
     let mut upstream = crate::session::startup::connect_upstream(shared, tls.upstream.as_deref())
         .await
@@ -108,7 +111,9 @@ async fn fetch(shared: &Shared, auth: &Auth, user: &str) -> Result<Option<Secret
     let mut secret = None;
     loop {
         let Some((tag, body)) = read_message(&mut upstream).await? else {
-            return Err(AuthError::Login("the server closed the lookup connection".into()));
+            return Err(AuthError::Login(
+                "the server closed the lookup connection".into(),
+            ));
         };
         match tag {
             b'D' => secret = last_column(&body).and_then(|s| Secret::parse(&s)),
@@ -138,7 +143,11 @@ async fn wait_ready(upstream: &mut crate::session::stream::Stream) -> Result<(),
                 )));
             }
             Some(_) => {}
-            None => return Err(AuthError::Login("the server closed the lookup connection".into())),
+            None => {
+                return Err(AuthError::Login(
+                    "the server closed the lookup connection".into(),
+                ));
+            }
         }
     }
 }

@@ -86,23 +86,27 @@ impl AuthError {
     /// The FATAL the client should receive, if any.
     pub fn client_message(&self) -> Option<Vec<u8>> {
         match self {
-            AuthError::Refused { code, message } => {
-                Some(ErrorResponse::fatal(code, message.clone()).to_bytes().to_vec())
-            }
+            AuthError::Refused { code, message } => Some(
+                ErrorResponse::fatal(code, message.clone())
+                    .to_bytes()
+                    .to_vec(),
+            ),
             AuthError::Upstream(frame) => Some(frame.clone()),
             AuthError::Protocol(m) => Some(
                 ErrorResponse::fatal(
                     crate::protocol::sqlstate::PROTOCOL_VIOLATION,
                     format!("pgveil: {m}"),
                 )
-                .to_bytes().to_vec(),
+                .to_bytes()
+                .to_vec(),
             ),
             AuthError::Login(m) | AuthError::Unreachable(m) => Some(
                 ErrorResponse::fatal(
                     crate::protocol::sqlstate::UNABLE_TO_CONNECT,
                     format!("pgveil: {m}"),
                 )
-                .to_bytes().to_vec(),
+                .to_bytes()
+                .to_vec(),
             ),
             AuthError::Io(_) | AuthError::ClientClosed => None,
         }
@@ -217,7 +221,10 @@ pub(crate) async fn client_response<S: AsyncRead + Unpin>(
 }
 
 /// Writes and flushes (TLS streams buffer until flushed).
-pub(crate) async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), AuthError> {
+pub(crate) async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> Result<(), AuthError> {
     stream.write_all(bytes).await?;
     stream.flush().await?;
     Ok(())
@@ -235,7 +242,10 @@ mod tests {
         assert_eq!(request_code(body).unwrap(), code::SASL);
         assert_eq!(
             sasl_mechanisms(&body[4..]),
-            vec!["SCRAM-SHA-256-PLUS".to_string(), "SCRAM-SHA-256".to_string()]
+            vec![
+                "SCRAM-SHA-256-PLUS".to_string(),
+                "SCRAM-SHA-256".to_string()
+            ]
         );
         let p = initial_response("SCRAM-SHA-256", "n,,n=,r=abc");
         let (m, d) = parse_initial_response(&p[5..]).unwrap();

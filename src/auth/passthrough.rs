@@ -26,7 +26,9 @@ pub async fn relay(
     send(upstream, startup).await?;
     loop {
         let Some((tag, body)) = read_message(upstream).await? else {
-            return Err(AuthError::Login("the server closed the connection during authentication".into()));
+            return Err(AuthError::Login(
+                "the server closed the connection during authentication".into(),
+            ));
         };
         if tag == b'E' {
             let frame = message(tag, &body);
@@ -113,7 +115,9 @@ mod tests {
     fn y_flag_refused_only_over_upstream_tls() {
         let y = &super::super::initial_response("SCRAM-SHA-256", "y,,n=,r=abc")[5..];
         let n = &super::super::initial_response("SCRAM-SHA-256", "n,,n=,r=abc")[5..];
-        let plus = &super::super::initial_response("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,n=,r=a")[5..];
+        let plus =
+            &super::super::initial_response("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,n=,r=a")
+                [5..];
         let err = check_initial_response(y, true).unwrap_err();
         assert!(err.to_string().contains("channel_binding=disable"));
         assert!(err.to_string().contains("mode = \"scram\""));

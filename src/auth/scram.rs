@@ -208,7 +208,9 @@ pub fn gs2_header(client_first: &str) -> Result<(Gs2Flag, usize), ScramError> {
         .split_once(',')
         .ok_or(ScramError::Malformed("missing gs2 header"))?;
     if !authzid.is_empty() {
-        return Err(ScramError::Malformed("authorization identity is not supported"));
+        return Err(ScramError::Malformed(
+            "authorization identity is not supported",
+        ));
     }
     Ok((flag, client_first.len() - rest.len() + authzid.len() + 1))
 }
@@ -365,7 +367,11 @@ impl<'a> ClientExchange<'a> {
             // Offered but the certificate's hash is undefined: say we cannot
             // bind ("n"), never "y", which the server would take as a downgrade.
             _ if offered.iter().any(|m| m == SCRAM) => (SCRAM, "n,,".to_string(), None),
-            _ => return Err(ScramError::Malformed("the server offers no usable SASL mechanism")),
+            _ => {
+                return Err(ScramError::Malformed(
+                    "the server offers no usable SASL mechanism",
+                ));
+            }
         };
         let nonce = nonce();
         let client_first_bare = format!("n=,r={nonce}");
@@ -391,8 +397,11 @@ impl<'a> ClientExchange<'a> {
         }
         let mut parts = server_first.split(',');
         let nonce = attribute(parts.next(), 'r')?;
-        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() || !valid_nonce(nonce) {
-            return Err(ScramError::Malformed("server nonce does not extend the client's"));
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() || !valid_nonce(nonce)
+        {
+            return Err(ScramError::Malformed(
+                "server nonce does not extend the client's",
+            ));
         }
         let salt = B64
             .decode(attribute(parts.next(), 's')?)
@@ -416,13 +425,13 @@ impl<'a> ClientExchange<'a> {
             channel.extend_from_slice(hash);
         }
         let without_proof = format!("c={},r={nonce}", B64.encode(channel));
-        let auth_message = format!(
-            "{},{server_first},{without_proof}",
-            self.client_first_bare
-        );
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let signature = hmac(&verifier.stored_key, auth_message.as_bytes());
         let mut proof = [0u8; 32];
-        for (p, (k, s)) in proof.iter_mut().zip(client_key.iter().zip(signature.iter())) {
+        for (p, (k, s)) in proof
+            .iter_mut()
+            .zip(client_key.iter().zip(signature.iter()))
+        {
             *p = k ^ s;
         }
         self.server_signature = Some(hmac(&verifier.server_key, auth_message.as_bytes()));
@@ -478,7 +487,11 @@ mod tests {
     /// A verifier as PostgreSQL 15 stores it for the password `pencil`
     /// (computed here from the RFC 7677 parameters).
     fn pencil() -> (Verifier, [u8; 32]) {
-        Verifier::from_password(b"pencil", &B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(), 4096)
+        Verifier::from_password(
+            b"pencil",
+            &B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(),
+            4096,
+        )
     }
 
     #[test]
@@ -486,13 +499,15 @@ mod tests {
         // RFC 7677 section 3: client and server nonces fixed.
         let (v, client_key) = pencil();
         let bare = "n=user,r=rOprNGfwEbeRWgbNEkqO";
-        let server_first =
-            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let without = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let auth = format!("{bare},{server_first},{without}");
         let sig = hmac(&v.stored_key, auth.as_bytes());
         let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
-        assert_eq!(B64.encode(proof), "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert_eq!(
+            B64.encode(proof),
+            "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
         assert_eq!(
             B64.encode(hmac(&v.server_key, auth.as_bytes())),
             "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
@@ -513,7 +528,13 @@ mod tests {
             Secret::parse("md5d41d8cd98f00b204e9800998ecf8427e"),
             Some(Secret::Md5(_))
         ));
-        for bad in ["", "plain", "md5xyz", "SCRAM-SHA-256$0:AA==$AA==:AA==", "SCRAM-SHA-256$x"] {
+        for bad in [
+            "",
+            "plain",
+            "md5xyz",
+            "SCRAM-SHA-256$0:AA==$AA==:AA==",
+            "SCRAM-SHA-256$x",
+        ] {
             assert!(Secret::parse(bad).is_none(), "{bad}");
         }
     }
@@ -539,7 +560,8 @@ mod tests {
 
             // Second hop: the key alone.
             let mut again =
-                ClientExchange::start(Credential::Key(&key, &v), &offered, binding.clone()).unwrap();
+                ClientExchange::start(Credential::Key(&key, &v), &offered, binding.clone())
+                    .unwrap();
             let (server, first) =
                 ServerExchange::start(again.1, &again.2, binding.as_deref(), v.clone()).unwrap();
             let fin = again.0.respond(&first).unwrap();
@@ -574,7 +596,10 @@ mod tests {
         let key = ClientKey([0; 32]);
         let mut c = ClientExchange::start(Credential::Key(&key, &other), &offered, None).unwrap();
         let server_first = format!("r={}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", c.0.nonce);
-        assert_eq!(c.0.respond(&server_first).err(), Some(ScramError::StaleVerifier));
+        assert_eq!(
+            c.0.respond(&server_first).err(),
+            Some(ScramError::StaleVerifier)
+        );
     }
 
     #[test]

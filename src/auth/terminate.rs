@@ -59,7 +59,7 @@ pub async fn authenticate(
             outcome("failed");
             shared.auth_lookup.forget(user);
             warn!(target: "audit", client = %ctx.peer, database = %ctx.database, %user,
-                  sqlstate = sqlstate::INVALID_PASSWORD, "authentication failed");
+                  sqlstate = %sqlstate::INVALID_PASSWORD, "authentication failed");
             return Err(AuthError::Refused {
                 code: sqlstate::INVALID_PASSWORD,
                 message: format!("password authentication failed for user \"{user}\""),
@@ -125,13 +125,21 @@ async fn verify_scram(
     let (exchange, server_first) =
         ServerExchange::start(&mechanism, &first, offered_plus, verifier.clone())
             .map_err(refuse_scram)?;
-    send(client, &auth_request(code::SASL_CONTINUE, server_first.as_bytes())).await?;
+    send(
+        client,
+        &auth_request(code::SASL_CONTINUE, server_first.as_bytes()),
+    )
+    .await?;
     let body = super::client_response(client).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| AuthError::Protocol("SASLResponse is not UTF-8".into()))?;
     match exchange.finish(text) {
         Ok((key, server_final)) => {
-            send(client, &auth_request(code::SASL_FINAL, server_final.as_bytes())).await?;
+            send(
+                client,
+                &auth_request(code::SASL_FINAL, server_final.as_bytes()),
+            )
+            .await?;
             Ok(Some(Verified::Scram(key, verifier)))
         }
         Err(scram::ScramError::WrongProof) => Ok(None),
@@ -154,5 +162,8 @@ async fn verify_md5(client: &mut Stream, inner: &str) -> Result<bool, AuthError>
     let body = super::client_response(client).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
     let response = std::str::from_utf8(response).unwrap_or_default();
-    Ok(scram::md5_matches(response, &scram::md5_response(inner, &salt)))
+    Ok(scram::md5_matches(
+        response,
+        &scram::md5_response(inner, &salt),
+    ))
 }

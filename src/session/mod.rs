@@ -137,11 +137,20 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, adm
                         let _ = write_flush(&mut client, &msg).await;
                     }
                     match &e {
-                        AuthError::ClientClosed => debug!(%peer, "client closed during authentication"),
+                        AuthError::ClientClosed => {
+                            debug!(%peer, "client closed during authentication")
+                        }
                         AuthError::Upstream(_) | AuthError::Unreachable(_) => {}
                         other => info!(%peer, error = %other, "authentication did not complete"),
                     }
-                    reject(&shared, if matches!(e, AuthError::Unreachable(_)) { "upstream" } else { "auth" });
+                    reject(
+                        &shared,
+                        if matches!(e, AuthError::Unreachable(_)) {
+                            "upstream"
+                        } else {
+                            "auth"
+                        },
+                    );
                     return;
                 }
                 Err(_) => {
@@ -209,7 +218,10 @@ async fn authenticate(
 }
 
 /// Writes and flushes: TLS holds written bytes until flushed.
-pub(crate) async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
 }

@@ -56,7 +56,8 @@ pub async fn negotiate(
         Err(e @ SessionError::Protocol(_)) => {
             // Said in the clear or over TLS, whichever the client is on.
             if let Some(stream) = slot.as_mut() {
-                let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgveil: {e}"));
+                let msg =
+                    ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("pgveil: {e}"));
                 let _ = super::write_flush(stream, &msg.to_bytes()).await;
             }
             Err(e)
@@ -198,7 +199,11 @@ pub async fn connect_upstream(
                     tls.mode.name()
                 )));
             }
-            _ => return Err(failed("the server answered the SSLRequest with an unexpected byte".into())),
+            _ => {
+                return Err(failed(
+                    "the server answered the SSLRequest with an unexpected byte".into(),
+                ));
+            }
         }
         let connector = tokio_rustls::TlsConnector::from(config);
         match connector.connect(tls.server_name.clone(), tcp).await {

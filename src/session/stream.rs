@@ -28,8 +28,18 @@ impl Stream {
     /// The peer's end-entity certificate (upstream: the database's).
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         match self {
-            Stream::Connected(s) => s.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref()),
-            Stream::Accepted(s) => s.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref()),
+            Stream::Connected(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.as_ref()),
+            Stream::Accepted(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.as_ref()),
             Stream::Plain(_) => None,
         }
     }
@@ -56,7 +66,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 

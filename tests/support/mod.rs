@@ -11,6 +11,7 @@
 
 pub mod pgdate;
 pub mod raw;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,35 @@ pub fn key_file() -> PathBuf {
 
 /// Password of the `postgres` superuser in test clusters.
 pub const PASSWORD: &str = "pgveil-test-pw";
+
+/// Password of the application role `app` in the TLS-only cluster
+/// (`tests/tls.rs`).
+pub const TLS_APP_PASSWORD: &str = "pgveil-tls-app-pw-7c1e";
+
+/// Password of `pgveil_auth`, the role pgveil's `[auth] mode = "scram"`
+/// uses to fetch verifiers in the TLS-only cluster.
+pub const TLS_AUTH_PASSWORD: &str = "pgveil-tls-auth-pw-93bd";
+
+/// Every password the tests use; `tests/log_audit.rs` checks no log line
+/// carries one.
+pub const TEST_PASSWORDS: &[&str] = &[PASSWORD, TLS_APP_PASSWORD, TLS_AUTH_PASSWORD];
+
+/// Distinctive plaintext values the encrypted-column tests write through
+/// pgveil; `tests/log_audit.rs` checks no log line carries one.
+pub const PLAINTEXT_MARKERS: &[&str] = &[
+    "veil-marker-tls@example.com",
+    "ada.lovelace@example.com",
+    "grace.hopper@example.com",
+    "ada@example.com",
+    "grace@example.com",
+    "zoe@example.org",
+    "radia@example.com",
+    "o'brien@example.ie",
+    "Lovelace, Ada",
+    "+44 20 7946 0999",
+    "+1 212 555 0102",
+    "Zoë Ångström-李",
+];
 
 /// A running PostgreSQL cluster.
 #[derive(Debug)]
@@ -98,6 +128,17 @@ impl PgCluster {
     /// method for TCP (`scram-sha-256`, `md5`, `password`, `trust`), and
     /// `settings` are extra `postgres -c` settings.
     pub fn start(bin: &Path, auth_host: &str, settings: &[(&str, &str)]) -> PgCluster {
+        PgCluster::start_with_hba(bin, auth_host, settings, None)
+    }
+
+    /// Like [`PgCluster::start`], with `hba` (when given) as the whole
+    /// `pg_hba.conf` instead of the default one.
+    pub fn start_with_hba(
+        bin: &Path,
+        auth_host: &str,
+        settings: &[(&str, &str)],
+        hba: Option<&str>,
+    ) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("pgveil-pg-")
             .tempdir()
@@ -135,14 +176,16 @@ impl PgCluster {
         run_checked(initdb, "initdb");
         // Fixed roles with their own methods, so every authentication
         // exchange can be tested through the proxy; the rest use `auth_host`.
-        let hba = format!(
-            "local all all trust\n\
-             host all pgveil_trust 127.0.0.1/32 trust\n\
-             host all pgveil_md5 127.0.0.1/32 md5\n\
-             host all pgveil_clear 127.0.0.1/32 password\n\
-             host all all 127.0.0.1/32 {auth_host}\n\
-             host all all ::1/128 {auth_host}\n"
-        );
+        let hba = hba.map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "local all all trust\n\
+                 host all pgveil_trust 127.0.0.1/32 trust\n\
+                 host all pgveil_md5 127.0.0.1/32 md5\n\
+                 host all pgveil_clear 127.0.0.1/32 password\n\
+                 host all all 127.0.0.1/32 {auth_host}\n\
+                 host all all ::1/128 {auth_host}\n"
+            )
+        });
         std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
 
         let port = free_port();
@@ -249,7 +292,6 @@ pub async fn try_connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio
 
 /// Stops the cluster and removes its directory once this process is gone.
 fn spawn_watchdog(bin: &Path, dir: &Path, data: &Path) {
-    let pid = std::process::id();
     let pg_ctl = bin.join("pg_ctl");
     let stop = if is_root() {
         format!(
@@ -264,10 +306,19 @@ fn spawn_watchdog(bin: &Path, dir: &Path, data: &Path) {
             data.display()
         )
     };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {}",
-        dir.display()
-    );
+    run_after_exit(&format!("{stop} >/dev/null 2>&1; rm -rf {}", dir.display()));
+}
+
+/// Removes `dir` once this process is gone.
+pub fn remove_after_exit(dir: &Path) {
+    run_after_exit(&format!("rm -rf {}", dir.display()));
+}
+
+/// Runs the shell command `then` in a detached process once this process
+/// has exited, however it exits.
+fn run_after_exit(then: &str) {
+    let pid = std::process::id();
+    let script = format!("while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {then}");
     let _ = Command::new("setsid")
         .args(["sh", "-c", &script])
         .stdin(Stdio::null())
@@ -301,6 +352,7 @@ impl Proxy {
     /// Starts pgveil with `listen_extra` inside `[listen]` and `extra` TOML
     /// appended after `[upstream]`.
     pub async fn start_full(upstream: &str, listen_extra: &str, extra: &str) -> Proxy {
+        init_test_logging();
         let text = format!(
             "[listen]\naddress = \"127.0.0.1:0\"\n{listen_extra}\n[upstream]\naddress = \"{upstream}\"\n{extra}\n"
         );
@@ -342,6 +394,98 @@ impl Proxy {
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+    }
+}
+
+/// Where every test binary writes pgveil's log lines
+/// (`target/test-logs/<binary>-<pid>.log`); `tests/log_audit.rs` reads them.
+pub fn test_log_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("test-logs")
+}
+
+/// Where a `pgveil` child process started by a test writes its stderr
+/// (run it with `RUST_LOG=debug`), so the log audit covers it too.
+pub fn child_log(what: &str) -> Stdio {
+    let dir = test_log_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{what}-child-{}.log", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+/// Installs, once per process, a global `tracing` subscriber at DEBUG that
+/// writes to `test_log_dir()/<binary>-<pid>.log`, so the in-process pgveil
+/// instances log somewhere `tests/log_audit.rs` can check. `log` records
+/// (rustls, sqlparser, ...) are bridged in too. Logs of earlier runs of the
+/// same binary whose process is gone are removed first, so the audit sees
+/// each binary's latest run.
+///
+/// `tokio_postgres` is capped at INFO: it is the tests' own client here, and
+/// at DEBUG it logs every bound parameter value by design.
+pub fn init_test_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let dir = test_log_dir();
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let exe = std::env::current_exe().ok();
+        let stem = exe
+            .as_deref()
+            .and_then(Path::file_stem)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "test".to_owned());
+        // `tls-0123abcd...`: the binary name without cargo's hash.
+        let name = match stem.rsplit_once('-') {
+            Some((n, h)) if h.chars().all(|c| c.is_ascii_hexdigit()) => n.to_owned(),
+            _ => stem,
+        };
+        remove_stale_logs(&dir, &name);
+        let path = dir.join(format!("{name}-{}.log", std::process::id()));
+        let Ok(file) = std::fs::File::create(&path) else {
+            return;
+        };
+        // pgveil's own subscriber set-up, so the audit sees exactly what a
+        // production log at debug level would hold.
+        let _ = pgveil::logging::init_to(
+            &pgveil::config::Log {
+                level: "debug".into(),
+                format: pgveil::config::LogFormat::Text,
+            },
+            std::sync::Mutex::new(file),
+            false,
+        );
+    });
+}
+
+/// Removes `<name>-<pid>.log` files in `dir` whose process no longer runs.
+fn remove_stale_logs(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_suffix(".log")
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('-'))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -17,9 +17,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use super::stream::Stream;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
