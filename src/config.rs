@@ -519,7 +519,9 @@ fn default_auth_timeout_ms() -> u64 {
     60_000
 }
 fn default_auth_query() -> String {
-    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".to_string()
+    "SELECT usename, passwd FROM pg_shadow WHERE usename = $1 \
+     AND (valuntil IS NULL OR valuntil > now())"
+        .to_string()
 }
 fn default_auth_database() -> String {
     "postgres".to_string()

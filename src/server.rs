@@ -195,6 +195,15 @@ impl Shared {
     pub fn new(config: Config, metrics: Metrics) -> Result<Shared, ServerError> {
         let encryption = Encryption::from_config(config.clone(), 1)?;
         let tls = TlsSettings::from_config(&config).map_err(ServerError::Tls)?;
+        if config.auth.mode == crate::config::AuthMode::Scram
+            && !tls.upstream.as_ref().is_some_and(|t| t.verifies_chain)
+        {
+            warn!(
+                "[auth] mode = \"scram\" with an upstream whose certificate is not verified: \
+                 pgveil's logins to PostgreSQL can be relayed by anyone between them; set \
+                 [upstream.tls] mode = \"verify-full\" with ca"
+            );
+        }
         declare_columns(&metrics, &encryption);
         metrics
             .max_client_connections
@@ -279,7 +288,11 @@ impl Shared {
         } else {
             &config
         };
-        let tls = TlsSettings::from_config(tls_source)
+        // Connections still go to the address pgveil started with: the
+        // certificate name must be derived from that one.
+        let mut tls_config = tls_source.clone();
+        tls_config.upstream.address = self.config.upstream.address.clone();
+        let tls = TlsSettings::from_config(&tls_config)
             .map_err(|e| format!("TLS: {e}; the previous certificates stay in force"))?;
         let next =
             Encryption::from_config(config, current.generation + 1).map_err(|e| e.to_string())?;

@@ -81,6 +81,17 @@ pub struct UpstreamTls {
     pub config: Option<Arc<rustls::ClientConfig>>,
     /// Name sent as SNI and, in `verify-full`, checked against the certificate.
     pub server_name: ServerName<'static>,
+    /// The server's certificate chain is checked against a CA (verify-ca,
+    /// verify-full, or require/prefer with `ca`).
+    pub verifies_chain: bool,
+}
+
+impl UpstreamTls {
+    /// Whether a connection made with these settings proved the server's
+    /// identity (TLS was used and the chain verified).
+    pub fn verified(&self, stream: &crate::session::stream::Stream) -> bool {
+        self.verifies_chain && stream.is_tls()
+    }
 }
 
 /// Both hops' settings, rebuilt as a whole on SIGHUP.
@@ -189,7 +200,9 @@ fn server_tls(
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
-        required,
+        // A client certificate can only be checked on TLS: with `client_ca`
+        // a plaintext client would skip it, so TLS is required.
+        required: required || client_ca.is_some(),
         end_point,
     })
 }
@@ -206,6 +219,7 @@ fn upstream_tls(
             mode,
             config: None,
             server_name,
+            verifies_chain: false,
         });
     }
     let provider = provider();
@@ -248,6 +262,7 @@ fn upstream_tls(
         mode,
         config: Some(Arc::new(config)),
         server_name,
+        verifies_chain: ca.is_some(),
     })
 }
 
@@ -360,13 +375,15 @@ pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
     let hash = match oid {
         [rsa @ .., last] if rsa == RSA => match last {
             0x04 | 0x05 | 0x0b => 256,
+            0x0e => 224,
             0x0c => 384,
             0x0d => 512,
             _ => return None,
         },
         [ec @ .., 0x01] if ec == ECDSA => 256,
         [ec @ .., 0x03, n] if ec == ECDSA => match n {
-            0x01 | 0x02 => 256,
+            0x01 => 224,
+            0x02 => 256,
             0x03 => 384,
             0x04 => 512,
             _ => return None,
@@ -374,6 +391,7 @@ pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     Some(match hash {
+        224 => sha2::Sha224::digest(cert).to_vec(),
         256 => sha2::Sha256::digest(cert).to_vec(),
         384 => sha2::Sha384::digest(cert).to_vec(),
         _ => sha2::Sha512::digest(cert).to_vec(),

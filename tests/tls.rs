@@ -434,7 +434,8 @@ async fn required_tls_refuses_plaintext_clients() {
 }
 
 /// `client_ca`: a client certificate signed by that CA is accepted; no
-/// certificate, or one from another CA, is refused (psql and tokio-postgres).
+/// certificate, one from another CA, or no TLS at all is refused (psql and
+/// tokio-postgres).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_verified_with_client_ca() {
     let pg = cluster();
@@ -462,6 +463,8 @@ async fn client_certificates_are_verified_with_client_ca() {
             format!("sslmode=verify-full sslrootcert={ca}"),
             "no client certificate",
         ),
+        // `client_ca` implies `required`: a plaintext client would skip it.
+        ("sslmode=disable".to_string(), "no TLS at all"),
         (
             with_cert(&c.other_client),
             "a client certificate of another CA",
@@ -711,6 +714,14 @@ async fn psycopg_defaults_and_direct_tls_in_scram_mode() {
             &format!("sslmode=verify-full sslrootcert={ca} sslnegotiation=direct"),
         ),
         conninfo(proxy.port, "app", "not-the-password", ""),
+        // Protocol 3.2 asked of a PostgreSQL 15: its NegotiateProtocolVersion
+        // reaches the client after pgveil's own SCRAM exchange.
+        conninfo(
+            proxy.port,
+            "app",
+            TLS_APP_PASSWORD,
+            "max_protocol_version=latest",
+        ),
     ];
     let (version, results) = psycopg(&conninfos).await;
     assert!(
@@ -727,6 +738,10 @@ async fn psycopg_defaults_and_direct_tls_in_scram_mode() {
         results[3].starts_with("err "),
         "wrong password: {}",
         results[3]
+    );
+    assert_eq!(
+        results[4], "ok tls app true",
+        "psycopg asking for protocol 3.2"
     );
 }
 

@@ -178,22 +178,23 @@ pub fn sasl_offer(mechanisms: &[&str]) -> Vec<u8> {
     auth_request(code::SASL, &payload)
 }
 
-/// A SASLInitialResponse body: mechanism and client-first message.
-pub fn parse_initial_response(body: &[u8]) -> Result<(String, String), AuthError> {
+/// A SASLInitialResponse body: mechanism and initial data (empty when the
+/// client sent none, length -1). Bytes, as the protocol allows any.
+pub fn parse_initial_response(body: &[u8]) -> Result<(String, Vec<u8>), AuthError> {
     let bad = || AuthError::Protocol("malformed SASLInitialResponse".into());
     let nul = body.iter().position(|b| *b == 0).ok_or_else(bad)?;
-    let mechanism = std::str::from_utf8(&body[..nul]).map_err(|_| bad())?;
+    let mechanism = String::from_utf8_lossy(&body[..nul]).into_owned();
     let rest = &body[nul + 1..];
     let len = rest
         .get(..4)
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or_else(bad)?;
     let data = &rest[4..];
-    if len < 0 || len as usize != data.len() {
-        return Err(bad());
+    match len {
+        -1 if data.is_empty() => Ok((mechanism, Vec::new())),
+        n if n >= 0 && n as usize == data.len() => Ok((mechanism, data.to_vec())),
+        _ => Err(bad()),
     }
-    let data = std::str::from_utf8(data).map_err(|_| bad())?;
-    Ok((mechanism.to_string(), data.to_string()))
 }
 
 /// A SASLInitialResponse message.
@@ -249,10 +250,17 @@ mod tests {
         );
         let p = initial_response("SCRAM-SHA-256", "n,,n=,r=abc");
         let (m, d) = parse_initial_response(&p[5..]).unwrap();
-        assert_eq!((m.as_str(), d.as_str()), ("SCRAM-SHA-256", "n,,n=,r=abc"));
+        assert_eq!(
+            (m.as_str(), d.as_slice()),
+            ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..])
+        );
+        assert_eq!(
+            parse_initial_response(b"X\0\xff\xff\xff\xff").unwrap().1,
+            b""
+        );
         assert!(parse_initial_response(b"SCRAM\0\x00\x00\x00\x09abc").is_err());
         assert!(parse_initial_response(b"SCRAM").is_err());
-        assert!(parse_initial_response(b"SCRAM\0\xff\xff\xff\xff").is_err());
+        assert!(parse_initial_response(b"SCRAM\0\xff\xff\xff\xfe").is_err());
         assert!(request_code(b"\0").is_err());
     }
 }

@@ -94,7 +94,11 @@ fn check_initial_response(body: &[u8], upstream_tls: bool) -> Result<(), AuthErr
     if mechanism != scram::SCRAM {
         return Ok(());
     }
-    match scram::gs2_header(&data) {
+    // Not UTF-8: PostgreSQL rejects it in its own words.
+    let Ok(data) = std::str::from_utf8(&data) else {
+        return Ok(());
+    };
+    match scram::gs2_header(data) {
         Ok((Gs2Flag::Yes, _)) if upstream_tls => Err(refused(
             "pgveil: channel binding cannot cross pgveil's TLS termination. Your client announced \
              channel binding support (libpq's default channel_binding=prefer), which the database \

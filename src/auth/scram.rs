@@ -16,6 +16,9 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 pub const SCRAM: &str = "SCRAM-SHA-256";
 /// With channel binding.
 pub const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// Highest iteration count pgveil computes for a password it holds
+/// (`auth_user`); PostgreSQL's default is 4096.
+const MAX_ITERATIONS: u32 = 1_000_000;
 /// The one channel-binding type PostgreSQL implements.
 const END_POINT: &str = "tls-server-end-point";
 
@@ -42,6 +45,17 @@ pub enum ScramError {
     /// The server ended the exchange with `e=`.
     #[error("server rejected the exchange: {0}")]
     Server(String),
+    /// The operating system's random source failed: no nonce or salt can be
+    /// trusted, so the exchange stops.
+    #[error("no randomness available")]
+    Random,
+}
+
+/// `N` bytes from the operating system; an error rather than zeros.
+pub fn random<const N: usize>() -> Result<[u8; N], ScramError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|_| ScramError::Random)?;
+    Ok(bytes)
 }
 
 /// A parsed `rolpassword`.
@@ -99,20 +113,22 @@ impl Secret {
 impl Verifier {
     /// A verifier nobody can match, for users that do not exist or have no
     /// usable secret: the exchange runs to the end and fails like a wrong
-    /// password, so the answer does not reveal which users exist.
-    pub fn unmatchable() -> Verifier {
-        let mut bytes = [0u8; 80];
-        let _ = getrandom::fill(&mut bytes);
-        let mut stored_key = [0u8; 32];
-        let mut server_key = [0u8; 32];
-        stored_key.copy_from_slice(&bytes[..32]);
-        server_key.copy_from_slice(&bytes[32..64]);
-        Verifier {
+    /// password. Its salt is derived from the user name with a per-process
+    /// secret (PostgreSQL's `scram_mock_salt` idea), so repeated attempts
+    /// see one stable salt, as for a real role, and the default iteration
+    /// count.
+    pub fn unmatchable(user: &str) -> Result<Verifier, ScramError> {
+        static SECRET: std::sync::OnceLock<Option<[u8; 32]>> = std::sync::OnceLock::new();
+        let secret = SECRET
+            .get_or_init(|| random::<32>().ok())
+            .ok_or(ScramError::Random)?;
+        let salt = hmac(&secret, user.as_bytes());
+        Ok(Verifier {
             iterations: 4096,
-            salt: bytes[64..].to_vec(),
-            stored_key,
-            server_key,
-        }
+            salt: salt[..16].to_vec(),
+            stored_key: random::<32>()?,
+            server_key: random::<32>()?,
+        })
     }
 
     /// The verifier of a password (SASLprep is not applied: passwords given
@@ -164,10 +180,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn nonce() -> String {
-    let mut raw = [0u8; 18];
-    let _ = getrandom::fill(&mut raw);
-    B64.encode(raw)
+fn nonce() -> Result<String, ScramError> {
+    Ok(B64.encode(random::<18>()?))
 }
 
 /// The `ClientKey` recovered from a verified proof; wiped on drop.
@@ -273,7 +287,7 @@ impl ServerExchange {
         if !valid_nonce(client_nonce) {
             return Err(ScramError::Malformed("invalid nonce"));
         }
-        let nonce = format!("{client_nonce}{}", self::nonce());
+        let nonce = format!("{client_nonce}{}", self::nonce()?);
         let server_first = format!(
             "r={nonce},s={},i={}",
             B64.encode(&verifier.salt),
@@ -355,25 +369,31 @@ pub struct ClientExchange<'a> {
 impl<'a> ClientExchange<'a> {
     /// Picks the mechanism from the server's list: SCRAM-SHA-256-PLUS when
     /// offered and `end_point` (the database certificate's hash) is known.
-    /// Returns the exchange, the mechanism and the client-first message.
+    /// On TLS without PLUS offered, the gs2 flag is `y` (as libpq's
+    /// `channel_binding=prefer`): a PostgreSQL that supports binding then
+    /// refuses the exchange, so someone relaying between pgveil and the
+    /// database cannot strip the offer. Returns the exchange, the mechanism
+    /// and the client-first message.
     pub fn start(
         credential: Credential<'a>,
         offered: &[String],
         end_point: Option<Vec<u8>>,
+        tls: bool,
     ) -> Result<(ClientExchange<'a>, &'static str, String), ScramError> {
         let plus = offered.iter().any(|m| m == SCRAM_PLUS);
         let (mechanism, gs2, binding) = match (plus, end_point) {
             (true, Some(hash)) => (SCRAM_PLUS, format!("p={END_POINT},,"), Some(hash)),
-            // Offered but the certificate's hash is undefined: say we cannot
-            // bind ("n"), never "y", which the server would take as a downgrade.
-            _ if offered.iter().any(|m| m == SCRAM) => (SCRAM, "n,,".to_string(), None),
+            _ if offered.iter().any(|m| m == SCRAM) => {
+                let flag = if tls && !plus { "y,," } else { "n,," };
+                (SCRAM, flag.to_string(), None)
+            }
             _ => {
                 return Err(ScramError::Malformed(
                     "the server offers no usable SASL mechanism",
                 ));
             }
         };
-        let nonce = nonce();
+        let nonce = nonce()?;
         let client_first_bare = format!("n=,r={nonce}");
         let first = format!("{gs2}{client_first_bare}");
         Ok((
@@ -409,7 +429,7 @@ impl<'a> ClientExchange<'a> {
         let iterations: u32 = attribute(parts.next(), 'i')?
             .parse()
             .ok()
-            .filter(|i| *i > 0 && *i <= 10_000_000)
+            .filter(|i| *i > 0 && *i <= MAX_ITERATIONS)
             .ok_or(ScramError::Malformed("invalid iteration count"))?;
         let (verifier, client_key) = match &self.credential {
             Credential::Password(pw) => Verifier::from_password(pw, &salt, iterations),
@@ -549,9 +569,13 @@ mod tests {
                 Some(_) => vec![SCRAM_PLUS.into(), SCRAM.into()],
                 None => vec![SCRAM.into()],
             };
-            let mut client =
-                ClientExchange::start(Credential::Password(b"pencil"), &offered, binding.clone())
-                    .unwrap();
+            let mut client = ClientExchange::start(
+                Credential::Password(b"pencil"),
+                &offered,
+                binding.clone(),
+                false,
+            )
+            .unwrap();
             let (server, first) =
                 ServerExchange::start(client.1, &client.2, binding.as_deref(), v.clone()).unwrap();
             let fin = client.0.respond(&first).unwrap();
@@ -560,7 +584,7 @@ mod tests {
 
             // Second hop: the key alone.
             let mut again =
-                ClientExchange::start(Credential::Key(&key, &v), &offered, binding.clone())
+                ClientExchange::start(Credential::Key(&key, &v), &offered, binding.clone(), false)
                     .unwrap();
             let (server, first) =
                 ServerExchange::start(again.1, &again.2, binding.as_deref(), v.clone()).unwrap();
@@ -575,7 +599,7 @@ mod tests {
         let (v, _) = pencil();
         let offered = vec![SCRAM.to_string()];
         let mut client =
-            ClientExchange::start(Credential::Password(b"pen"), &offered, None).unwrap();
+            ClientExchange::start(Credential::Password(b"pen"), &offered, None, false).unwrap();
         let (server, first) = ServerExchange::start(client.1, &client.2, None, v.clone()).unwrap();
         let fin = client.0.respond(&first).unwrap();
         assert_eq!(server.finish(&fin).err(), Some(ScramError::WrongProof));
@@ -592,9 +616,16 @@ mod tests {
         assert!(ServerExchange::start(SCRAM, "n,,n=,r=a,b", None, v.clone()).is_ok());
         assert!(ServerExchange::start(SCRAM, "garbage", None, v).is_err());
         // Stale verifier on the second hop.
-        let other = Verifier::unmatchable();
+        let other = Verifier::unmatchable("ghost").unwrap();
+        assert_eq!(other.salt, Verifier::unmatchable("ghost").unwrap().salt);
+        assert_ne!(other.salt, Verifier::unmatchable("ghost2").unwrap().salt);
         let key = ClientKey([0; 32]);
-        let mut c = ClientExchange::start(Credential::Key(&key, &other), &offered, None).unwrap();
+        // On TLS with no PLUS offered, the client says "y".
+        let (_, _, first) =
+            ClientExchange::start(Credential::Key(&key, &other), &offered, None, true).unwrap();
+        assert!(first.starts_with("y,,"), "{first}");
+        let mut c =
+            ClientExchange::start(Credential::Key(&key, &other), &offered, None, false).unwrap();
         let server_first = format!("r={}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", c.0.nonce);
         assert_eq!(
             c.0.respond(&server_first).err(),

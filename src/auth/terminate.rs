@@ -49,9 +49,10 @@ pub async fn authenticate(
         Some(Secret::Scram(v)) => verify_scram(client, v, end_point).await,
         // Unknown users run the whole exchange against a verifier nobody
         // matches, so the answer does not reveal that the role is missing.
-        None => verify_scram(client, Verifier::unmatchable(), end_point)
-            .await
-            .map(|_| None),
+        None => match Verifier::unmatchable(user) {
+            Ok(v) => verify_scram(client, v, end_point).await.map(|_| None),
+            Err(e) => Err(refuse_scram(e)),
+        },
     };
     let verified = match verified {
         Ok(Some(v)) => v,
@@ -83,7 +84,8 @@ pub async fn authenticate(
         Verified::Scram(key, v) => LoginSecret::Scram(key, v),
         Verified::Md5(inner) => LoginSecret::Md5(inner),
     };
-    match login(&mut upstream, startup, secret).await {
+    let verified = tls.upstream.as_ref().is_some_and(|t| t.verified(&upstream));
+    match login(&mut upstream, startup, secret, verified).await {
         Ok(for_client) => {
             outcome("ok");
             send(client, &for_client).await?;
@@ -122,6 +124,8 @@ async fn verify_scram(
     send(client, &super::sasl_offer(mechanisms)).await?;
     let body = super::client_response(client).await?;
     let (mechanism, first) = super::parse_initial_response(&body)?;
+    let first = String::from_utf8(first)
+        .map_err(|_| AuthError::Protocol("SCRAM client-first message is not UTF-8".into()))?;
     let (exchange, server_first) =
         ServerExchange::start(&mechanism, &first, offered_plus, verifier.clone())
             .map_err(refuse_scram)?;
@@ -156,8 +160,7 @@ fn refuse_scram(e: scram::ScramError) -> AuthError {
 
 /// The MD5 challenge against a stored MD5 hash.
 async fn verify_md5(client: &mut Stream, inner: &str) -> Result<bool, AuthError> {
-    let mut salt = [0u8; 4];
-    let _ = getrandom::fill(&mut salt);
+    let salt = scram::random::<4>().map_err(refuse_scram)?;
     send(client, &auth_request(code::MD5, &salt)).await?;
     let body = super::client_response(client).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
