@@ -205,15 +205,82 @@ pub struct Keys {
     /// Key check value printed by `pgveil keygen`.
     #[serde(default)]
     pub check: Option<String>,
+    /// `[[keys.versions]]`: further key versions (rotation).
+    #[serde(default)]
+    pub versions: Vec<KeyVersionSource>,
+    /// The version new values are written with; required once more than
+    /// one version is configured.
+    #[serde(default)]
+    pub active: Option<u16>,
+}
+
+/// One `[[keys.versions]]` entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyVersionSource {
+    /// Key version, 1..=65535, never reused for another key.
+    pub version: u16,
+    /// Environment variable holding this version's base64 master key.
+    #[serde(default)]
+    pub master_key_env: Option<String>,
+    /// File holding it.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    /// Its key check value.
+    #[serde(default)]
+    pub check: Option<String>,
+}
+
+/// Where one key version's master key comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySource<'a> {
+    /// The version.
+    pub version: u16,
+    /// Environment variable.
+    pub env: Option<&'a str>,
+    /// File.
+    pub file: Option<&'a Path>,
+    /// Expected check value.
+    pub check: Option<&'a str>,
+}
+
+impl Keys {
+    /// Every configured version: version 1 from the top-level keys (when
+    /// set), then `[[keys.versions]]`, in version order.
+    pub fn sources(&self) -> Vec<KeySource<'_>> {
+        let mut out = Vec::new();
+        if self.master_key_env.is_some() || self.master_key_file.is_some() {
+            out.push(KeySource {
+                version: 1,
+                env: self.master_key_env.as_deref(),
+                file: self.master_key_file.as_deref(),
+                check: self.check.as_deref(),
+            });
+        }
+        out.extend(self.versions.iter().map(|v| KeySource {
+            version: v.version,
+            env: v.master_key_env.as_deref(),
+            file: v.master_key_file.as_deref(),
+            check: v.check.as_deref(),
+        }));
+        out.sort_by_key(|s| s.version);
+        out
+    }
+
+    /// The version new values are written with (unless a column pins one).
+    pub fn active_version(&self) -> u16 {
+        self.active
+            .or_else(|| self.sources().last().map(|s| s.version))
+            .unwrap_or(1)
+    }
 }
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Only where the key lives is printed, never anything derived from it.
+        // Only where the keys live is printed, never anything derived from them.
         f.debug_struct("Keys")
-            .field("master_key_env", &self.master_key_env)
-            .field("master_key_file", &self.master_key_file)
-            .field("check", &self.check.as_ref().map(|_| "<set>"))
+            .field("sources", &self.sources())
+            .field("active", &self.active)
             .finish()
     }
 }
@@ -382,6 +449,14 @@ pub struct EncryptColumn {
     /// Storage encoding, normally learned from the database.
     #[serde(default)]
     pub storage: Option<Storage>,
+    /// The column still holds plaintext rows (`pgveil migrate encrypt` is
+    /// running): plaintext reads pass through and searches match both forms.
+    #[serde(default)]
+    pub migrating: bool,
+    /// Key version this column's domain writes with, instead of
+    /// `[keys] active` (rotating one domain's key).
+    #[serde(default)]
+    pub key_version: Option<u16>,
 }
 
 /// Types an encrypted column may present to the application.
@@ -588,23 +663,7 @@ impl Config {
             ));
         }
         if let Some(keys) = &self.keys {
-            match (&keys.master_key_env, &keys.master_key_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        0..0,
-                        "keys".into(),
-                        "set either master_key_env or master_key_file, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        0..0,
-                        "keys".into(),
-                        "set master_key_env or master_key_file".into(),
-                    ));
-                }
-                _ => {}
-            }
+            self.validate_keys(keys, &invalid)?;
         }
         self.validate_tls(&invalid)?;
         self.validate_auth(&invalid)?;
@@ -680,6 +739,99 @@ impl Config {
                 None => {
                     domains.insert(domain, (col.value_type, i));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_keys(
+        &self,
+        keys: &Keys,
+        invalid: &impl Fn(std::ops::Range<usize>, String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let err = |key: &str, m: &str| invalid(0..0, key.into(), m.into());
+        if keys.master_key_env.is_some() && keys.master_key_file.is_some() {
+            return Err(err(
+                "keys",
+                "set either master_key_env or master_key_file, not both",
+            ));
+        }
+        if keys.check.is_some() && keys.master_key_env.is_none() && keys.master_key_file.is_none() {
+            return Err(err(
+                "keys.check",
+                "check belongs to master_key_env or master_key_file",
+            ));
+        }
+        for v in &keys.versions {
+            let key = format!("keys.versions (version {})", v.version);
+            if v.version == 0 {
+                return Err(err(&key, "versions start at 1"));
+            }
+            if v.master_key_env.is_some() == v.master_key_file.is_some() {
+                return Err(err(
+                    &key,
+                    "set exactly one of master_key_env and master_key_file",
+                ));
+            }
+        }
+        let sources = keys.sources();
+        if sources.is_empty() {
+            return Err(err("keys", "set master_key_env or master_key_file"));
+        }
+        if sources.windows(2).any(|w| w[0].version == w[1].version) {
+            return Err(err(
+                "keys.versions",
+                "a key version is configured twice (the top-level key is version 1)",
+            ));
+        }
+        let configured = |v: u16| sources.iter().any(|s| s.version == v);
+        match keys.active {
+            Some(v) if !configured(v) => {
+                return Err(err(
+                    "keys.active",
+                    &format!("key version {v} is not configured"),
+                ));
+            }
+            None if sources.len() > 1 => {
+                return Err(err(
+                    "keys.active",
+                    "several key versions are configured: say which one new values use",
+                ));
+            }
+            _ => {}
+        }
+        let mut pinned: BTreeMap<String, u16> = BTreeMap::new();
+        for (i, col) in self.encrypt.iter().enumerate() {
+            let key = |k: &str| format!("encrypt[{}].{}", i + 1, k);
+            let span = col.table.span();
+            if let Some(v) = col.key_version {
+                if !configured(v) {
+                    return Err(invalid(
+                        span,
+                        key("key_version"),
+                        format!("key version {v} is not configured in [keys]"),
+                    ));
+                }
+                if let Some(prev) = pinned.insert(col.domain_name(), v)
+                    && prev != v
+                {
+                    return Err(invalid(
+                        span,
+                        key("key_version"),
+                        "all columns of one key domain must write with one key version".into(),
+                    ));
+                }
+            }
+            if col.migrating && !matches!(col.value_type, ValueType::Text | ValueType::Varchar) {
+                return Err(invalid(
+                    span,
+                    key("migrating"),
+                    format!(
+                        "only text and varchar columns are encrypted in place; a {} column \
+                         changes type first (`pgveil migrate encrypt` prints the plan)",
+                        col.value_type
+                    ),
+                ));
             }
         }
         Ok(())

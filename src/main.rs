@@ -72,6 +72,13 @@ enum Command {
         #[arg(long, value_name = "DATABASE_URL")]
         apply: Option<String>,
     },
+    /// Bring stored values to ciphertext of the active key version, online:
+    /// `encrypt` (plaintext of `migrating` columns), `rotate` (older key
+    /// versions), `verify` (report what is left; exit 1 if anything).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     /// Print the plaintext of a stored value (as psql prints it).
     Decrypt {
         /// Configured column, `[schema.]table.column`.
@@ -83,6 +90,35 @@ enum Command {
         /// The stored value: `\x...` hex or the prefixed base64 text.
         stored: String,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Encrypt the plaintext rows of columns marked `migrating = true`.
+    Encrypt(MigrateArgs),
+    /// Re-encrypt values of older key versions with the active one.
+    Rotate(MigrateArgs),
+    /// Report values that are not ciphertext of the active version.
+    Verify(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// Database URL (libpq style), connecting directly, not through pgveil.
+    #[arg(long, env = "PGVEIL_MIGRATE_URL", hide_env_values = true)]
+    url: String,
+    /// Only this table (`table` or `schema.table`).
+    #[arg(long)]
+    table: Option<String>,
+    /// Rows per batch; each batch is one short UPDATE.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Pause between batches, to leave the database room.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+    /// Report what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,6 +198,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => run(&cli.config),
+        Command::Migrate { action } => {
+            let config = Config::load(&cli.config)?;
+            let (mode, args) = match action {
+                MigrateAction::Encrypt(a) => (commands::migrate::Mode::Encrypt, a),
+                MigrateAction::Rotate(a) => (commands::migrate::Mode::Rotate, a),
+                MigrateAction::Verify(a) => (commands::migrate::Mode::Verify, a),
+            };
+            let opts = commands::migrate::Options {
+                url: args.url,
+                table: args.table,
+                batch_size: args.batch_size.max(1),
+                pause: std::time::Duration::from_millis(args.pause_ms),
+                dry_run: args.dry_run,
+            };
+            if commands::migrate::migrate(&config, mode, &opts)? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("pgveil: migrate: not done (see above)"))
+            }
+        }
         Command::Encrypt {
             column,
             storage,

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub values_decrypted_total: IntCounterVec,
     /// Stored values that failed to decrypt, by configured column.
     pub decrypt_errors_total: IntCounterVec,
+    /// Plaintext values read through from `migrating` columns, by column.
+    pub plaintext_values_read_total: IntCounterVec,
     /// Statement analysis served from cache.
     pub plan_cache_hits_total: IntCounter,
     /// Statement analysis computed.
@@ -72,6 +74,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "invalid_value",
     "catalog",
     "reload",
+    "migrating",
 ];
 
 impl Metrics {
@@ -148,6 +151,13 @@ impl Metrics {
                 ),
                 &["column"],
             )?,
+            plaintext_values_read_total: IntCounterVec::new(
+                Opts::new(
+                    "pgveil_plaintext_values_read_total",
+                    "Plaintext values read through from columns marked migrating, by column",
+                ),
+                &["column"],
+            )?,
             plan_cache_hits_total: IntCounter::new(
                 "pgveil_plan_cache_hits_total",
                 "Statement analyses served from the plan cache",
@@ -201,6 +211,7 @@ impl Metrics {
         r.register(Box::new(m.values_encrypted_total.clone()))?;
         r.register(Box::new(m.values_decrypted_total.clone()))?;
         r.register(Box::new(m.decrypt_errors_total.clone()))?;
+        r.register(Box::new(m.plaintext_values_read_total.clone()))?;
         r.register(Box::new(m.plan_cache_hits_total.clone()))?;
         r.register(Box::new(m.plan_cache_misses_total.clone()))?;
         r.register(Box::new(m.config_reloads_total.clone()))?;
@@ -255,6 +266,7 @@ impl Metrics {
             self.values_encrypted_total.with_label_values(&[c]);
             self.values_decrypted_total.with_label_values(&[c]);
             self.decrypt_errors_total.with_label_values(&[c]);
+            self.plaintext_values_read_total.with_label_values(&[c]);
         }
     }
 

@@ -53,6 +53,9 @@ pub struct Encrypted {
     pub value_type: ValueType,
     /// Storage in this database.
     pub storage: StorageState,
+    /// Stored forms one plaintext can have now (key versions, plus the
+    /// plaintext while migrating): above 1, equality must match them all.
+    pub forms: usize,
 }
 
 /// One column of a relation.
@@ -285,10 +288,20 @@ impl Catalog {
                     if c.has_default {
                         catalog.defaults.push(id.clone());
                     }
+                    let storage = match StorageState::from_type(&c.type_name) {
+                        StorageState::Bytea if col.migrating => StorageState::Unsupported(
+                            "bytea while `migrating = true` (only text columns are encrypted \
+                             in place)"
+                                .into(),
+                        ),
+                        other => other,
+                    };
+                    let versions = config.keys.as_ref().map_or(1, |k| k.sources().len());
                     c.encrypted = Some(Encrypted {
-                        storage: StorageState::from_type(&c.type_name),
+                        storage,
                         domain: col.domain_name(),
                         value_type: col.value_type,
+                        forms: versions + usize::from(col.migrating),
                         id,
                     });
                 }

@@ -4,3 +4,4 @@ pub mod demo;
 pub mod guard;
 pub mod healthcheck;
 pub mod keys;
+pub mod migrate;

@@ -16,7 +16,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::error::CryptoError;
-use crate::config::Keys;
+use crate::config::{KeySource, Keys};
 
 /// Minimum decoded length of a master key, in bytes.
 pub const MIN_MASTER_KEY_LEN: usize = 32;
@@ -113,7 +113,18 @@ impl MasterKey {
     /// Loads the key `[keys]` names: `master_key_env` or `master_key_file`.
     /// Returns the key and a description of its source for messages.
     pub fn load(keys: &Keys) -> Result<(MasterKey, String), CryptoError> {
-        match (&keys.master_key_env, &keys.master_key_file) {
+        match keys.sources().first() {
+            Some(source) if source.version == 1 => MasterKey::load_source(source),
+            _ => Err(CryptoError::MasterKey(
+                "[keys] must set exactly one of master_key_env and master_key_file".into(),
+            )),
+        }
+    }
+
+    /// Loads one key version's master key.
+    pub fn load_source(source: &KeySource<'_>) -> Result<(MasterKey, String), CryptoError> {
+        let version = source.version;
+        match (source.env, source.file) {
             (Some(var), None) => {
                 let source = format!("environment variable {var}");
                 let value = Zeroizing::new(std::env::var(var).map_err(|e| {
@@ -130,9 +141,9 @@ impl MasterKey {
                 let source = format!("file {}", path.display());
                 Ok((load_file(path, &source)?, source))
             }
-            _ => Err(CryptoError::MasterKey(
-                "[keys] must set exactly one of master_key_env and master_key_file".into(),
-            )),
+            _ => Err(CryptoError::MasterKey(format!(
+                "key version {version} must set exactly one of master_key_env and master_key_file"
+            ))),
         }
     }
 }
@@ -206,6 +217,8 @@ mod tests {
             master_key_env: None,
             master_key_file: Some(path.to_path_buf()),
             check: None,
+            versions: Vec::new(),
+            active: None,
         }
     }
 

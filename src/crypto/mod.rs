@@ -49,25 +49,42 @@ struct VersionKey {
 /// A key domain with its ciphers, shared by all columns of the domain.
 struct DomainKeys {
     domain: Domain,
-    /// Version new values are encrypted with.
+    /// Index in `versions` of the version new values are encrypted with.
     active: usize,
-    /// Every version that decrypts (today exactly one).
+    /// Every configured version; each decrypts its own envelopes.
     versions: Vec<VersionKey>,
 }
 
 impl DomainKeys {
-    fn new(master: &MasterKey, domain: Domain, ty: ValueType) -> DomainKeys {
-        let version = KeyVersion::V1;
-        let key = hierarchy::derive_domain_key(master, version, &domain);
-        let ad = envelope::associated_data(version, values::type_class(ty), domain.as_str());
+    fn new(
+        masters: &[(KeyVersion, &MasterKey)],
+        active: KeyVersion,
+        domain: Domain,
+        ty: ValueType,
+    ) -> DomainKeys {
+        let versions: Vec<VersionKey> = masters
+            .iter()
+            .map(|(version, master)| {
+                let key = hierarchy::derive_domain_key(master, *version, &domain);
+                VersionKey {
+                    version: *version,
+                    cipher: DomainCipher::new(key),
+                    ad: envelope::associated_data(
+                        *version,
+                        values::type_class(ty),
+                        domain.as_str(),
+                    ),
+                }
+            })
+            .collect();
+        let active = versions
+            .iter()
+            .position(|k| k.version == active)
+            .unwrap_or(0);
         DomainKeys {
             domain,
-            active: 0,
-            versions: vec![VersionKey {
-                version,
-                cipher: DomainCipher::new(key),
-                ad,
-            }],
+            active,
+            versions,
         }
     }
 
@@ -86,6 +103,8 @@ pub struct ColumnCipher {
     name: String,
     value_type: ValueType,
     storage: Option<Storage>,
+    /// `migrating = true`: stored plaintext is read through.
+    migrating: bool,
     domain: Arc<DomainKeys>,
 }
 
@@ -172,6 +191,104 @@ impl ColumnCipher {
         })
     }
 
+    /// Whether stored plaintext is read through (`migrating = true`).
+    pub fn migrating(&self) -> bool {
+        self.migrating
+    }
+
+    /// How many stored forms one plaintext can have now: one per configured
+    /// key version, plus the plaintext itself while migrating. More than one
+    /// means equality must match every form.
+    pub fn form_count(&self) -> usize {
+        self.domain.versions.len() + usize::from(self.migrating)
+    }
+
+    /// The key version new values are written with.
+    pub fn active_version(&self) -> Option<KeyVersion> {
+        self.domain.active().map(|k| k.version)
+    }
+
+    /// Every stored form of a client value, in a fixed order: the active
+    /// version's ciphertext, the other versions' (ascending), then the
+    /// plaintext as stored while migrating. Searches match any of them.
+    pub fn forms(
+        &self,
+        format: Format,
+        input: &[u8],
+        storage: Storage,
+        settings: &SessionSettings,
+    ) -> Result<Vec<Vec<u8>>, CryptoError> {
+        let canonical = values::to_canonical(self.value_type, format, input, settings)
+            .map_err(|e| self.invalid(e))?;
+        let mut out = Vec::with_capacity(self.form_count());
+        let active = self.domain.active();
+        let others = self
+            .domain
+            .versions
+            .iter()
+            .filter(|k| Some(k.version) != active.map(|a| a.version));
+        for key in active.into_iter().chain(others) {
+            let env = envelope::seal(&key.cipher, key.version, &key.ad, &canonical)
+                .map_err(|_| CryptoError::Internal(self.name.clone()))?;
+            out.push(envelope::encode_storage(storage, env));
+        }
+        if self.migrating {
+            // Text and varchar only (validated): the canonical form is the
+            // text as the application stored it.
+            out.push(canonical);
+        }
+        Ok(out)
+    }
+
+    /// Like [`ColumnCipher::decrypt`], but a value that is not an envelope
+    /// passes through as plaintext while the column is migrating. Returns
+    /// whether it did.
+    pub fn decrypt_or_plain(
+        &self,
+        storage: Storage,
+        stored: &[u8],
+        format: Format,
+        settings: &SessionSettings,
+    ) -> Result<(Vec<u8>, bool), CryptoError> {
+        if self.migrating && !envelope::looks_like_envelope(storage, stored) {
+            let text = values::from_canonical(self.value_type, format, stored, settings)
+                .map_err(|e| self.invalid(e))?;
+            return Ok((text, true));
+        }
+        self.decrypt(storage, stored, format, settings)
+            .map(|v| (v, false))
+    }
+
+    /// What a stored value is, for `pgveil migrate`: plaintext, or the key
+    /// version of its envelope.
+    pub fn stored_version(&self, storage: Storage, stored: &[u8]) -> Option<KeyVersion> {
+        if !envelope::looks_like_envelope(storage, stored) {
+            return None;
+        }
+        let env = envelope::decode_storage(storage, stored).ok()?;
+        envelope::key_version(&env).ok()
+    }
+
+    /// Re-encrypts a stored value (any configured version, or plaintext
+    /// while migrating) with the active version.
+    pub fn reseal(&self, storage: Storage, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let canonical = if self.migrating && !envelope::looks_like_envelope(storage, stored) {
+            values::to_canonical(
+                self.value_type,
+                Format::Text,
+                stored,
+                &SessionSettings::default(),
+            )
+            .map_err(|e| self.invalid(e))?
+        } else {
+            self.open_stored(storage, stored)?
+        };
+        Ok(envelope::encode_storage(
+            storage,
+            self.seal_canonical(&canonical)?,
+        ))
+    }
+
     /// Encrypts a canonical plaintext into a v1 envelope with the active key.
     pub fn seal_canonical(&self, canonical: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let key = self
@@ -219,38 +336,72 @@ impl Keyring {
     /// warns once that it is absent), and derives one cipher per domain.
     pub fn from_config(config: &Config) -> Result<Keyring, CryptoError> {
         let keys = config.keys.as_ref().ok_or(CryptoError::NoKeys)?;
-        let (master, source) = MasterKey::load(keys)?;
-        let actual = master.check_value();
-        match &keys.check {
-            Some(expected) => {
-                let expected = keys::parse_check_value(expected)?;
-                if expected != actual {
-                    return Err(CryptoError::CheckMismatch {
-                        expected,
-                        actual,
-                        source_name: source,
-                    });
+        let mut masters = Vec::new();
+        for source in keys.sources() {
+            let version = KeyVersion::new(source.version)
+                .ok_or_else(|| CryptoError::MasterKey("key versions start at 1".into()))?;
+            let (master, name) = MasterKey::load_source(&source)?;
+            let actual = master.check_value();
+            match source.check {
+                Some(expected) => {
+                    let expected = keys::parse_check_value(expected)?;
+                    if expected != actual {
+                        return Err(CryptoError::CheckMismatch {
+                            expected,
+                            actual,
+                            source_name: name,
+                        });
+                    }
                 }
+                None => tracing::warn!(
+                    check = %actual,
+                    version = source.version,
+                    "[keys] has no check value for this key version: a wrong master key would \
+                     not be detected; add `check = \"{actual}\"` next to its source"
+                ),
             }
-            None => tracing::warn!(
-                check = %actual,
-                "[keys] has no check value: a wrong master key would not be detected; \
-                 add `check = \"{actual}\"` under [keys]"
-            ),
+            masters.push((version, master));
         }
-        Ok(Keyring::from_master_key(&master, &config.encrypt))
+        let active = KeyVersion::new(keys.active_version())
+            .ok_or_else(|| CryptoError::MasterKey("key versions start at 1".into()))?;
+        let refs: Vec<(KeyVersion, &MasterKey)> = masters.iter().map(|(v, m)| (*v, m)).collect();
+        Ok(Keyring::from_master_keys(&refs, active, &config.encrypt))
     }
 
-    /// Builds the keyring from a master key already loaded and checked.
+    /// Builds the keyring from a master key already loaded and checked
+    /// (version 1 only).
     pub fn from_master_key(master: &MasterKey, columns: &[EncryptColumn]) -> Keyring {
+        Keyring::from_master_keys(&[(KeyVersion::V1, master)], KeyVersion::V1, columns)
+    }
+
+    /// Builds the keyring from every configured key version: writes use
+    /// `active` (or a column's `key_version`), reads any version.
+    pub fn from_master_keys(
+        masters: &[(KeyVersion, &MasterKey)],
+        active: KeyVersion,
+        columns: &[EncryptColumn],
+    ) -> Keyring {
+        let refs = masters;
         let mut domains: HashMap<String, Arc<DomainKeys>> = HashMap::new();
         let mut map = HashMap::new();
         for col in columns {
             let name = col.domain_name();
+            // A pin on any column of the domain applies to the domain.
+            let pinned = columns
+                .iter()
+                .filter(|c| c.domain_name() == name)
+                .find_map(|c| c.key_version)
+                .and_then(KeyVersion::new)
+                .unwrap_or(active);
             let domain = domains
                 .entry(name.clone())
                 .or_insert_with(|| {
-                    Arc::new(DomainKeys::new(master, Domain::new(name), col.value_type))
+                    Arc::new(DomainKeys::new(
+                        refs,
+                        pinned,
+                        Domain::new(name),
+                        col.value_type,
+                    ))
                 })
                 .clone();
             let id = col.id();
@@ -259,13 +410,20 @@ impl Keyring {
                 id: id.clone(),
                 value_type: col.value_type,
                 storage: col.storage,
+                migrating: col.migrating,
                 domain,
             };
             map.insert(id, cipher);
         }
+        let check_value = masters
+            .iter()
+            .find(|(v, _)| *v == active)
+            .or(masters.first())
+            .map(|(_, m)| m.check_value())
+            .unwrap_or_default();
         Keyring {
             columns: map,
-            check_value: master.check_value(),
+            check_value,
         }
     }
 

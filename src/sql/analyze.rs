@@ -38,6 +38,26 @@ pub struct Edit {
     pub column: Encrypted,
     /// The plaintext, in the column type's text form.
     pub text: String,
+    /// Where the literal sits, which decides how several stored forms are
+    /// written (only matters while the column has more than one).
+    pub forms: Forms,
+}
+
+/// How a value meets a column that may hold one plaintext in several stored
+/// forms (key versions during a rotation, plaintext during a migration).
+/// With one form, every kind writes the single ciphertext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forms {
+    /// Stored or compared where only one value fits: the active form.
+    #[default]
+    One,
+    /// Right of `=`: `= ANY(ARRAY[forms])`.
+    Any,
+    /// Right of `<>`: `<> ALL(ARRAY[forms])`.
+    All,
+    /// An element of `IN (...)` or `ARRAY[...]` under `= ANY` / `<> ALL`:
+    /// the forms, comma-separated.
+    List,
 }
 
 /// What to do with one statement.
@@ -175,6 +195,11 @@ pub struct ParamBinding {
     /// The parameter is an array whose elements are compared with the
     /// column (`col = ANY($1)`).
     pub array: bool,
+    /// The column has several stored forms and the parameter is compared
+    /// with it: the database receives every form (an array; for an array
+    /// parameter, every element's forms), and the statement text was
+    /// rewritten to match any of them.
+    pub expand: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -241,12 +266,58 @@ struct Ctx<'c, 'a> {
     /// Parameters also written to plain columns.
     plain_params: Vec<usize>,
     copy: Option<std::sync::Arc<CopyPlan>>,
+    /// Where each `$n` is written, by number.
+    placeholders: HashMap<usize, Vec<Range<usize>>>,
 }
 
 type R<T> = Result<T, Refusal>;
 
 fn refuse_col(col: &Encrypted, op: impl Into<String>, reason: &'static str) -> Refusal {
     Refusal::on_column(&col.id.to_string(), op, reason)
+}
+
+/// A comparison that cannot match every stored form of a value while the
+/// column has several (a migration or key rotation is in progress).
+fn several_forms(col: &Encrypted, op: &str) -> Refusal {
+    refuse_col(
+        col,
+        format!(
+            "`{op}` in this position while the column holds each value in {} stored forms \
+             (a migration or key rotation is in progress); write `column = value`, \
+             `column IN (...)`, `column <> value` or `column = ANY(...)`",
+            col.forms
+        ),
+        "migrating",
+    )
+}
+
+/// The text that matches an array of `count` stored forms where one value
+/// was written: `ANY(x)`, `ALL(x)`, or `(x)[1], (x)[2], ...` in a list.
+fn wrap_forms(forms: Forms, array: &str, count: usize) -> String {
+    match forms {
+        Forms::One => array.to_string(),
+        Forms::Any => format!("ANY({array})"),
+        Forms::All => format!("ALL({array})"),
+        Forms::List => (1..=count)
+            .map(|i| format!("({array})[{i}]"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// How a value compared with `col` by `op` is written, given the side the
+/// column is on. With one stored form anything goes; with several, only
+/// positions where every form can be listed.
+fn match_forms(col: &Encrypted, op: &str, enc_left: bool) -> R<Forms> {
+    if col.forms <= 1 {
+        return Ok(Forms::One);
+    }
+    match (op, enc_left) {
+        ("=", true) => Ok(Forms::Any),
+        ("<>" | "!=", true) => Ok(Forms::All),
+        ("IN" | "= ANY" | "<> ALL", true) => Ok(Forms::List),
+        _ => Err(several_forms(col, op)),
+    }
 }
 
 /// Analyses a simple Query's text against the catalog.
@@ -329,6 +400,7 @@ pub fn analyze(
             plain_uses: Vec::new(),
             plain_params: Vec::new(),
             copy: None,
+            placeholders: HashMap::new(),
         };
         let result = ctx.statement(stmt).and_then(|outputs| {
             if let Some(outs) = &outputs {
@@ -431,6 +503,7 @@ pub fn view_columns(
         plain_uses: Vec::new(),
         plain_params: Vec::new(),
         copy: None,
+        placeholders: HashMap::new(),
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -588,9 +661,11 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     .copied()
                     .unwrap_or(0)
                     .max(data_types.len());
-                if self.params.values().any(|b| b.array) {
+                if self.params.values().any(|b| b.array || b.expand) {
                     return Err(Refusal::general(
-                        "an array parameter compared with an encrypted column in PREPARE",
+                        "an array parameter compared with an encrypted column in PREPARE, or a \
+                         parameter compared with a column that holds several stored forms \
+                         (migration or key rotation in progress)",
                         "unsupported",
                     ));
                 }
@@ -1036,7 +1111,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
         match (target, value) {
             (Some(t), Class::Lits(lits)) => {
                 for l in lits {
-                    self.encrypt_literal(&l, t)?;
+                    self.encrypt_literal(&l, t, Forms::One)?;
                 }
                 Ok(())
             }
@@ -1055,7 +1130,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ))
                 }
             }
-            (Some(t), Class::Params(ns, casts)) => self.bind_params(&ns, &casts, t, false),
+            (Some(t), Class::Params(ns, casts)) => {
+                self.bind_params(&ns, &casts, t, false, Forms::One)
+            }
             (Some(t), Class::Plain) => Err(refuse_col(
                 t,
                 "writing a value pgveil cannot see (an expression or plaintext column)",
@@ -1247,15 +1324,38 @@ impl<'c, 'a> Ctx<'c, 'a> {
         casts: &[CastSite],
         col: &Encrypted,
         array: bool,
+        forms: Forms,
     ) -> R<()> {
         self.check_storage(col)?;
+        // Several stored forms: the database receives them all as an array
+        // and the text around a scalar parameter is rewritten to match any.
+        let expand = col.forms > 1 && forms != Forms::One;
+        if expand && !array {
+            let single = match ns {
+                [n] => self.placeholders.get(n).map_or(0, Vec::len) == 1 && casts.len() <= 1,
+                _ => false,
+            };
+            if !single {
+                return Err(refuse_col(
+                    col,
+                    format!(
+                        "a parameter written more than once, or meeting several columns, while \
+                         the column holds each value in {} stored forms (a migration or key \
+                         rotation is in progress)",
+                        col.forms
+                    ),
+                    "migrating",
+                ));
+            }
+        }
         for &n in ns {
             match self.params.get(&n) {
                 Some(prev)
                     if prev.column.domain != col.domain
                         || prev.column.value_type != col.value_type
                         || prev.column.storage != col.storage
-                        || prev.array != array =>
+                        || prev.array != array
+                        || prev.expand != expand =>
                 {
                     return Err(refuse_col(
                         col,
@@ -1270,6 +1370,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         ParamBinding {
                             column: col.clone(),
                             array,
+                            expand,
                         },
                     );
                 }
@@ -1305,8 +1406,11 @@ impl<'c, 'a> Ctx<'c, 'a> {
             let base = self.source.text.get(c.base.clone()).ok_or_else(|| {
                 Refusal::general("a cast parameter pgveil cannot locate", "unparsed")
             })?;
-            let suffix = if array { "[]" } else { "" };
-            let text = format!("CAST(({base}) AS {storage}{suffix})");
+            let suffix = if array || expand { "[]" } else { "" };
+            let mut text = format!("CAST(({base}) AS {storage}{suffix})");
+            if expand && !array {
+                text = wrap_forms(forms, &text, col.forms);
+            }
             if let Some(prev) = self.replacements.iter().find(|(r, _)| *r == c.range) {
                 if prev.1 != text {
                     return Err(refuse_col(
@@ -1319,10 +1423,16 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             self.replacements.push((c.range.clone(), text));
         }
+        if let ([n], true, true, true) = (ns, expand, !array, casts.is_empty())
+            && let Some(range) = self.placeholders.get(n).and_then(|r| r.first())
+        {
+            let text = wrap_forms(forms, &format!("${n}"), col.forms);
+            self.replacements.push((range.clone(), text));
+        }
         Ok(())
     }
 
-    fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted) -> R<()> {
+    fn encrypt_literal(&mut self, lit: &Lit, col: &Encrypted, forms: Forms) -> R<()> {
         self.check_storage(col)?;
         if lit.number && matches!(col.value_type, ValueType::Text | ValueType::Varchar) {
             return Err(refuse_col(
@@ -1354,6 +1464,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             range: lit.range.clone(),
             column: col.clone(),
             text: lit.text.clone(),
+            forms,
         });
         Ok(())
     }
@@ -1858,7 +1969,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             (Class::Enc { col, .. }, Class::Lits(ls))
             | (Class::Lits(ls), Class::Enc { col, .. }) => {
                 for l in &ls {
-                    self.encrypt_literal(l, &col)?;
+                    self.encrypt_literal(l, &col, Forms::One)?;
                 }
                 Class::Enc { col, direct: false }
             }
@@ -2107,17 +2218,29 @@ impl<'c, 'a> Ctx<'c, 'a> {
 
     /// Equality-like comparison of two classes.
     fn compare(&mut self, l: Class, r: Class, op: &str) -> R<()> {
+        // Which side the column is on decides how several stored forms of a
+        // value can be matched (`col = ANY(forms)` exists, `forms = col`
+        // does not).
+        let enc_left = matches!(l, Class::Enc { .. });
         match (l, r) {
-            (Class::Enc { col: a, .. }, Class::Enc { col: b, .. }) => {
-                if a.domain == b.domain && a.storage == b.storage {
-                    Ok(())
-                } else {
-                    Err(refuse_col(
+            (Class::Enc { col: a, direct: da }, Class::Enc { col: b, direct: db }) => {
+                if a.domain != b.domain || a.storage != b.storage {
+                    return Err(refuse_col(
                         &a,
                         format!("comparing with {} (another key domain)", b.id),
                         "mixed_domains",
-                    ))
+                    ));
                 }
+                // A column against values derived from literals or another
+                // query (not a plain column reference): those values carry
+                // one form only, so rows stored in another form would be
+                // missed. Column against column (joins) is the documented
+                // degradation of the migration window.
+                if (a.forms > 1 || b.forms > 1) && !(da && db) {
+                    let col = if a.forms > 1 { &a } else { &b };
+                    return Err(several_forms(col, op));
+                }
+                Ok(())
             }
             (Class::Enc { col, .. }, Class::Lits(ls))
             | (Class::Lits(ls), Class::Enc { col, .. }) => {
@@ -2130,15 +2253,17 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         "plaintext_comparison",
                     ));
                 }
+                let forms = match_forms(&col, op, enc_left)?;
                 for l in &ls {
-                    self.encrypt_literal(l, &col)?;
+                    self.encrypt_literal(l, &col, forms)?;
                 }
                 Ok(())
             }
             (Class::Enc { .. }, Class::Null) | (Class::Null, Class::Enc { .. }) => Ok(()),
             (Class::Enc { col, .. }, Class::Params(ns, casts))
             | (Class::Params(ns, casts), Class::Enc { col, .. }) => {
-                self.bind_params(&ns, &casts, &col, false)
+                let forms = match_forms(&col, op, enc_left)?;
+                self.bind_params(&ns, &casts, &col, false, forms)
             }
             (Class::Params(ns, _), _) | (_, Class::Params(ns, _)) => {
                 // Compared with something that is not encrypted: if the
@@ -2284,6 +2409,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         .ok_or_else(|| {
                             Refusal::general("a parameter pgveil cannot read", "unparsed")
                         })?;
+                    if let Some(range) = self.extent(e).and_then(|(a, b)| self.source.range(a, b)) {
+                        self.placeholders.entry(n).or_default().push(range);
+                    }
                     return Ok(Class::Params(vec![n], Vec::new()));
                 }
                 _ => {}
@@ -2408,11 +2536,19 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     other => vec![other],
                 };
                 let eq = matches!(compare_op, BinaryOperator::Eq | BinaryOperator::NotEq);
+                // `= ANY` and `<> ALL` hold for a list of every stored form
+                // of each element; `= ALL` and `<> ANY` do not.
+                let label = match (matches!(e, Expr::AnyOp { .. }), compare_op) {
+                    (true, BinaryOperator::Eq) => "= ANY",
+                    (false, BinaryOperator::NotEq) => "<> ALL",
+                    (true, _) => "<> ANY",
+                    (false, _) => "= ALL",
+                };
                 for el in elems {
                     if let (true, Expr::Subquery(q)) = (eq, el) {
                         let outs = self.query(q, Some(scope))?;
                         match outs.and_then(|o| o.into_iter().next()) {
-                            Some(o) => self.compare(l.clone(), o.class, "= ANY")?,
+                            Some(o) => self.compare(l.clone(), o.class, label)?,
                             None => {
                                 if let Class::Enc { col, .. } = &l {
                                     return Err(refuse_col(
@@ -2448,7 +2584,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     {
                         // `col = ANY($1)`: an array parameter, encrypted
                         // element by element.
-                        self.bind_params(ns, casts, col, true)?;
+                        let forms = match_forms(col, label, true)?;
+                        self.bind_params(ns, casts, col, true, forms)?;
                         continue;
                     }
                     if let (Class::Enc { col, .. }, false) = (&l, array_constructor) {
@@ -2467,7 +2604,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                             "unsupported",
                         ));
                     }
-                    self.compare(l.clone(), r, "= ANY")?;
+                    self.compare(l.clone(), r, label)?;
                 }
                 Ok(Class::Plain)
             }
@@ -3097,6 +3234,7 @@ mod tests {
             domain: domain.into(),
             value_type: ty,
             storage: StorageState::Bytea,
+            forms: 1,
         }
     }
 

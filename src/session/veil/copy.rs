@@ -97,7 +97,8 @@ fn map_field(
             value.to_vec()
         };
         return cipher
-            .decrypt(storage, &stored, format, settings)
+            .decrypt_or_plain(storage, &stored, format, settings)
+            .map(|(plain, _)| plain)
             .map_err(|_| corrupt(&id()));
     }
     let stored = cipher

@@ -303,6 +303,7 @@ fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
             .iter()
             .map(|c| {
                 c.clone().map(|column| ParamBinding {
+                    expand: false,
                     column,
                     array: false,
                 })
@@ -441,7 +442,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     if analysis.statements.iter().any(|s| s.refresh_catalog) {
         shared.invalidate_catalog(&veil.key());
     }
-    let encrypted = super::encrypt_edits(veil, &enc, &analysis.statements, &settings);
+    let encrypted = super::encrypt_edits(veil, &enc, text, &analysis.statements, &settings);
     let replacements = match encrypted.and_then(|r| match &analysis.refusal {
         Some(refusal) => Err(refusal.clone()),
         None => Ok(r),
@@ -490,7 +491,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         };
         if let (Some(p), Some(d)) = (params.get_mut(n - 1), declared.get_mut(n - 1)) {
             *p = Some(b.clone());
-            *d = if b.array {
+            *d = if b.array || b.expand {
                 types::array_of(storage)
             } else {
                 storage
@@ -718,7 +719,22 @@ fn encrypt_param(
     } else {
         Format::Text
     };
+    let elem_oid = match storage {
+        crate::config::Storage::Bytea => 17,
+        crate::config::Storage::Text => 25,
+    };
+    if binding.expand && cipher.form_count() != col.forms {
+        return Err(super::stale_forms(&name));
+    }
     if !binding.array {
+        if binding.expand {
+            // Every stored form, in the order the statement was written for.
+            let forms = cipher
+                .forms(format, value, storage, settings)
+                .map_err(bad)?;
+            let forms: Vec<Option<Vec<u8>>> = forms.into_iter().map(Some).collect();
+            return Ok(array::encode_binary(elem_oid, &forms).to_vec());
+        }
         return cipher
             .encrypt(format, value, storage, settings)
             .map_err(bad);
@@ -748,15 +764,21 @@ fn encrypt_param(
     };
     let mut sealed = Vec::with_capacity(elements.len());
     for e in elements {
-        sealed.push(match e {
-            None => None,
-            Some(v) => Some(cipher.encrypt(format, &v, storage, settings).map_err(bad)?),
-        });
+        match e {
+            None => sealed.push(None),
+            // `= ANY` / `<> ALL` over every form of every element.
+            Some(v) if binding.expand => sealed.extend(
+                cipher
+                    .forms(format, &v, storage, settings)
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(Some),
+            ),
+            Some(v) => sealed.push(Some(
+                cipher.encrypt(format, &v, storage, settings).map_err(bad)?,
+            )),
+        }
     }
-    let elem_oid = match storage {
-        crate::config::Storage::Bytea => 17,
-        crate::config::Storage::Text => 25,
-    };
     Ok(array::encode_binary(elem_oid, &sealed).to_vec())
 }
 

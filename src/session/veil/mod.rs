@@ -711,7 +711,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
-    let encrypted = encrypt_edits(veil, &enc, &analysis.statements, &settings);
+    let encrypted = encrypt_edits(veil, &enc, text, &analysis.statements, &settings);
     let refusal = match (&encrypted, &analysis.refusal) {
         (Err(r), _) | (Ok(_), Some(r)) => Some(r.clone()),
         _ => None,
@@ -999,9 +999,11 @@ fn recheck_prepared(
 fn encrypt_literal(
     keyring: Option<&Keyring>,
     edit: &crate::sql::Edit,
+    text: &str,
     settings: &SessionSettings,
     standard_strings: bool,
 ) -> Result<String, Refusal> {
+    use crate::sql::analyze::Forms;
     let column = edit.column.id.to_string();
     let cipher = keyring
         .and_then(|k| k.column_by_id(&edit.column.id))
@@ -1010,14 +1012,54 @@ fn encrypt_literal(
         edit.column.storage.storage().ok_or_else(|| {
             Refusal::on_column(&column, "storing ciphertext in this type", "storage")
         })?;
-    let stored = cipher
-        .encrypt(Format::Text, edit.text.as_bytes(), storage, settings)
-        .map_err(|e| Refusal::bad_value(&column, edit.column.value_type.name(), e.sqlstate()))?;
-    Ok(rewrite::ciphertext_literal(
-        &stored,
-        storage,
-        standard_strings,
-    ))
+    let bad = |e: crate::crypto::CryptoError| {
+        Refusal::bad_value(&column, edit.column.value_type.name(), e.sqlstate())
+    };
+    if edit.forms == Forms::One || edit.column.forms <= 1 {
+        let stored = cipher
+            .encrypt(Format::Text, edit.text.as_bytes(), storage, settings)
+            .map_err(bad)?;
+        return Ok(rewrite::ciphertext_literal(
+            &stored,
+            storage,
+            standard_strings,
+        ));
+    }
+    if cipher.form_count() != edit.column.forms {
+        return Err(stale_forms(&column));
+    }
+    let forms = cipher
+        .forms(Format::Text, edit.text.as_bytes(), storage, settings)
+        .map_err(bad)?;
+    let plaintext_form = cipher.migrating().then(|| forms.len() - 1);
+    let mut literals = Vec::with_capacity(forms.len());
+    for (i, form) in forms.iter().enumerate() {
+        literals.push(if Some(i) == plaintext_form {
+            // The plaintext as the client wrote it (quoting and escapes are
+            // right for the session's settings by construction).
+            text.get(edit.range.clone())
+                .ok_or_else(|| Refusal::general("a literal pgveil cannot locate", "unparsed"))?
+                .to_string()
+        } else {
+            rewrite::ciphertext_literal(form, storage, standard_strings)
+        });
+    }
+    let list = literals.join(", ");
+    Ok(match edit.forms {
+        Forms::Any => format!("ANY(ARRAY[{list}])"),
+        Forms::All => format!("ALL(ARRAY[{list}])"),
+        Forms::List | Forms::One => list,
+    })
+}
+
+/// The configuration changed between analysis and execution: the number of
+/// stored forms the statement was written for no longer holds.
+pub(crate) fn stale_forms(column: &str) -> Refusal {
+    Refusal::on_column(
+        column,
+        "a statement analysed before the key versions or `migrating` changed (retry it)",
+        "reload",
+    )
 }
 
 /// Replaces a Query with the statements before the refused one (rewritten
@@ -1071,7 +1113,13 @@ fn refuse(
             .collect();
         let mut ok = true;
         for edit in &plan.edits {
-            match encrypt_literal(enc.keyring.as_deref(), edit, &settings, standard_strings) {
+            match encrypt_literal(
+                enc.keyring.as_deref(),
+                edit,
+                text,
+                &settings,
+                standard_strings,
+            ) {
                 Ok(lit) => replacements.push((
                     edit.range.start - plan.range.start..edit.range.end - plan.range.start,
                     lit,
@@ -1176,6 +1224,7 @@ async fn analyze_fresh<W: AsyncWrite + Unpin>(
 fn encrypt_edits(
     veil: &Veil,
     enc: &crate::server::Encryption,
+    text: &str,
     plans: &[crate::sql::StatementPlan],
     settings: &SessionSettings,
 ) -> Result<Vec<(std::ops::Range<usize>, String)>, Refusal> {
@@ -1184,7 +1233,13 @@ fn encrypt_edits(
     for plan in plans {
         replacements.extend(plan.replacements.iter().cloned());
         for edit in &plan.edits {
-            let lit = encrypt_literal(enc.keyring.as_deref(), edit, settings, standard_strings)?;
+            let lit = encrypt_literal(
+                enc.keyring.as_deref(),
+                edit,
+                text,
+                settings,
+                standard_strings,
+            )?;
             veil.shared
                 .metrics
                 .values_encrypted_total
@@ -1759,11 +1814,20 @@ fn decrypt_row(
                     }
                     _ => v,
                 };
-                match cipher.decrypt(storage, stored, *format, settings) {
-                    Ok(plain) => {
+                match cipher.decrypt_or_plain(storage, stored, *format, settings) {
+                    Ok((plain, false)) => {
                         if let Some(Some(c)) = decoder.counters.get(i) {
                             c.inc();
                         }
+                        put(&mut out, Some(&plain));
+                    }
+                    Ok((plain, true)) => {
+                        // A row `pgveil migrate encrypt` has not reached yet.
+                        veil.shared
+                            .metrics
+                            .plaintext_values_read_total
+                            .with_label_values(&[&name()])
+                            .inc();
                         put(&mut out, Some(&plain));
                     }
                     Err(e) => {
