@@ -282,9 +282,9 @@ fn several_forms(col: &Encrypted, op: &str) -> Refusal {
     refuse_col(
         col,
         format!(
-            "`{op}` in this position while the column holds each value in {} stored forms \
-             (a migration or key rotation is in progress); write `column = value`, \
-             `column IN (...)`, `column <> value` or `column = ANY(...)`",
+            "`{op}` written this way while each value has {} stored forms (a migration or key \
+             rotation is in progress; write `column = value`, `column IN (...)`, \
+             `column <> value` or `column = ANY(...)`)",
             col.forms
         ),
         "migrating",
@@ -2502,7 +2502,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 let l = self.expr(expr, scope)?;
                 let outs = self.query(subquery, Some(scope))?;
                 match outs.and_then(|o| o.into_iter().next()) {
-                    Some(o) => self.compare(l, o.class, "IN")?,
+                    // Not "IN": a literal in the subquery's select list has
+                    // room for one stored form only.
+                    Some(o) => self.compare(l, o.class, "IN (subquery)")?,
                     None => {
                         if let Class::Enc { col, .. } = l {
                             return Err(refuse_col(
@@ -2548,7 +2550,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     if let (true, Expr::Subquery(q)) = (eq, el) {
                         let outs = self.query(q, Some(scope))?;
                         match outs.and_then(|o| o.into_iter().next()) {
-                            Some(o) => self.compare(l.clone(), o.class, label)?,
+                            Some(o) => {
+                                self.compare(l.clone(), o.class, &format!("{label} (subquery)"))?
+                            }
                             None => {
                                 if let Class::Enc { col, .. } = &l {
                                     return Err(refuse_col(
@@ -3254,6 +3258,12 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
+        catalog_with(1)
+    }
+
+    /// The test catalog, `customers.email` holding each value in
+    /// `email_forms` stored forms.
+    fn catalog_with(email_forms: usize) -> Catalog {
         Catalog::from_relations(
             vec![
                 Relation {
@@ -3266,7 +3276,10 @@ mod tests {
                         col(
                             "email",
                             2,
-                            Some(enc("customers", "email", "email", ValueType::Text)),
+                            Some(Encrypted {
+                                forms: email_forms,
+                                ..enc("customers", "email", "email", ValueType::Text)
+                            }),
                         ),
                         col(
                             "birth_date",
@@ -3334,6 +3347,101 @@ mod tests {
         run(sql)
             .refusal
             .unwrap_or_else(|| panic!("not refused: {sql}"))
+    }
+
+    /// The catalog with `customers.email` holding each value in two stored
+    /// forms (a migration or rotation in progress).
+    fn run_forms(sql: &str) -> Analysis {
+        let c = catalog_with(2);
+        let configured = vec![
+            ("public".to_string(), "customers".to_string()),
+            ("public".to_string(), "leads".to_string()),
+        ];
+        let w = Watched::new(&c, &configured, &cols(&["email", "birth_date", "phone"]));
+        analyze(sql, &c, &w, &configured, &HashMap::new())
+    }
+
+    #[test]
+    fn several_stored_forms_match_every_form_or_are_refused() {
+        let forms = |sql: &str| -> Vec<Forms> {
+            let a = run_forms(sql);
+            assert!(a.refusal.is_none(), "{sql}: {:?}", a.refusal);
+            a.statements[0].edits.iter().map(|e| e.forms).collect()
+        };
+        assert_eq!(
+            forms("SELECT id FROM customers WHERE email = 'a'"),
+            vec![Forms::Any]
+        );
+        assert_eq!(
+            forms("SELECT id FROM customers WHERE email <> 'a'"),
+            vec![Forms::All]
+        );
+        assert_eq!(
+            forms("SELECT id FROM customers WHERE email IN ('a', 'b')"),
+            vec![Forms::List, Forms::List]
+        );
+        assert_eq!(
+            forms("SELECT id FROM customers WHERE email = ANY(ARRAY['a'])"),
+            vec![Forms::List]
+        );
+        // Stores write one form.
+        assert_eq!(
+            forms("INSERT INTO customers (email) VALUES ('a')"),
+            vec![Forms::One]
+        );
+        assert_eq!(
+            forms("UPDATE customers SET email = 'b' WHERE id = 1"),
+            vec![Forms::One]
+        );
+        // Another column keeps one form.
+        assert_eq!(
+            forms("SELECT id FROM leads WHERE email = 'a'"),
+            vec![Forms::One]
+        );
+        for sql in [
+            "SELECT id FROM customers WHERE 'a' = email",
+            "SELECT id FROM customers WHERE email IS DISTINCT FROM 'a'",
+            "SELECT id FROM customers WHERE email = ALL(ARRAY['a'])",
+            "SELECT id FROM customers WHERE email IN (SELECT 'a')",
+        ] {
+            let r = run_forms(sql)
+                .refusal
+                .unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert_eq!(r.reason, "migrating", "{sql}");
+        }
+        // Parameters: rewritten to match an array of every form.
+        let a = run_forms("SELECT id FROM customers WHERE email = $1 AND id = $2");
+        assert!(a.refusal.is_none(), "{:?}", a.refusal);
+        let p = &a.statements[0];
+        assert!(p.params.get(&1).is_some_and(|b| b.expand && !b.array));
+        assert!(
+            p.replacements.iter().any(|(_, t)| t == "ANY($1)"),
+            "{:?}",
+            p.replacements
+        );
+        let a = run_forms("SELECT id FROM customers WHERE email IN ($1, $2::text)");
+        let texts: Vec<&str> = a.statements[0]
+            .replacements
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert!(texts.contains(&"($1)[1], ($1)[2]"), "{texts:?}");
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with("(CAST((") && t.contains("AS bytea[]))[2]")),
+            "{texts:?}"
+        );
+        let a = run_forms("SELECT id FROM customers WHERE email = ANY($1)");
+        assert!(
+            a.statements[0]
+                .params
+                .get(&1)
+                .is_some_and(|b| b.expand && b.array)
+        );
+        assert!(a.statements[0].replacements.is_empty());
+        let r = run_forms("SELECT id FROM customers WHERE email = $1 OR email <> $1").refusal;
+        assert_eq!(r.map(|r| r.reason), Some("migrating"));
     }
 
     #[test]
