@@ -105,15 +105,30 @@ impl Encryption {
             .iter()
             .map(|c| {
                 format!(
-                    "{}:{}:{}:{:?}",
+                    "{}:{}:{}:{:?}:{}",
                     c.id(),
                     c.value_type.name(),
                     c.domain_name(),
-                    c.storage
+                    c.storage,
+                    c.migrating
                 )
             })
             .collect();
         entries.sort();
+        // Key versions too: a statement prepared for one stored form per
+        // value must not run once there are two.
+        if let Some(keys) = &config.keys {
+            let versions: Vec<String> = keys
+                .sources()
+                .iter()
+                .map(|s| s.version.to_string())
+                .collect();
+            entries.push(format!(
+                "versions:{}:active:{}",
+                versions.join(","),
+                keys.active_version()
+            ));
+        }
         let columns_signature = entries.join(";");
         Ok(Encryption {
             generation,

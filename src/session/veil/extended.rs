@@ -723,7 +723,9 @@ fn encrypt_param(
         crate::config::Storage::Bytea => 17,
         crate::config::Storage::Text => 25,
     };
-    if binding.expand && cipher.form_count() != col.forms {
+    if cipher.form_count() != col.forms {
+        // Prepared before a reload changed the key versions or `migrating`:
+        // a search written for one form would miss the others.
         return Err(super::stale_forms(&name));
     }
     if !binding.array {

@@ -1015,6 +1015,10 @@ fn encrypt_literal(
     let bad = |e: crate::crypto::CryptoError| {
         Refusal::bad_value(&column, edit.column.value_type.name(), e.sqlstate())
     };
+    if cipher.form_count() != edit.column.forms {
+        // Analysed before a reload changed the key versions or `migrating`.
+        return Err(stale_forms(&column));
+    }
     if edit.forms == Forms::One || edit.column.forms <= 1 {
         let stored = cipher
             .encrypt(Format::Text, edit.text.as_bytes(), storage, settings)
@@ -1024,9 +1028,6 @@ fn encrypt_literal(
             storage,
             standard_strings,
         ));
-    }
-    if cipher.form_count() != edit.column.forms {
-        return Err(stale_forms(&column));
     }
     let forms = cipher
         .forms(Format::Text, edit.text.as_bytes(), storage, settings)
