@@ -119,6 +119,10 @@ struct MigrateArgs {
     /// Report what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// PEM CA to verify the database's certificate and host name with
+    /// (TLS required). Without it the URL's sslmode applies, unverified.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -211,6 +215,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 batch_size: args.batch_size.max(1),
                 pause: std::time::Duration::from_millis(args.pause_ms),
                 dry_run: args.dry_run,
+                ca: args.ca,
             };
             if commands::migrate::migrate(&config, mode, &opts)? {
                 Ok(())

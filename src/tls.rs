@@ -456,3 +456,164 @@ mod tests {
         assert_eq!(end_point_hash(&[]), None);
     }
 }
+
+/// TLS for pgveil's own direct connections to PostgreSQL made with
+/// tokio-postgres (`pgveil migrate`, `pgveil guard`): verifies the server
+/// against a CA and the host name (libpq's `verify-full`), or, without a
+/// CA, encrypts without verifying (libpq's `require`). Offers ALPN
+/// `postgresql` and `tls-server-end-point` channel binding, so SCRAM logins
+/// use SCRAM-SHA-256-PLUS.
+#[derive(Clone)]
+pub struct PgConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl PgConnector {
+    /// `ca`: PEM roots to verify the server with; `client`: a certificate
+    /// chain and key to present.
+    pub fn new(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<PgConnector, TlsError> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|source| TlsError::Rustls {
+                context: "client TLS",
+                source,
+            })?;
+        let builder = match ca {
+            Some(ca) => builder.with_root_certificates(read_roots("sslrootcert", ca)?),
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        };
+        let mut config = match client {
+            Some((cert, key)) => {
+                let chain = read_certs("client certificate", cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsError::File {
+                    what: "client key",
+                    path: key.display().to_string(),
+                    reason: "no PEM private key found".into(),
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|source| TlsError::Rustls {
+                        context: "client certificate",
+                        source,
+                    })?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        Ok(PgConnector {
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for PgConnector
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type TlsConnect = PgTlsConnect;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, Self::Error> {
+        Ok(PgTlsConnect {
+            config: self.config.clone(),
+            name: ServerName::try_from(domain.to_owned())?,
+        })
+    }
+}
+
+/// One handshake of a [`PgConnector`].
+pub struct PgTlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+type Connecting<S> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<PgTlsStream<S>>> + Send>>;
+
+impl<S> tokio_postgres::tls::TlsConnect<S> for PgTlsConnect
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type Error = std::io::Error;
+    type Future = Connecting<S>;
+
+    fn connect(self, stream: S) -> Connecting<S> {
+        Box::pin(async move {
+            let tls = tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.name, stream)
+                .await?;
+            Ok(PgTlsStream(tls))
+        })
+    }
+}
+
+/// A TLS connection made by a [`PgConnector`].
+pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S> PgTlsStream<S> {
+    /// The negotiated ALPN protocol, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.0.get_ref().1.alpn_protocol()
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead
+    for PgTlsStream<S>
+{
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for PgTlsStream<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio_postgres::tls::TlsStream
+    for PgTlsStream<S>
+{
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        match self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| end_point_hash(c))
+        {
+            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
+    }
+}

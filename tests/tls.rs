@@ -106,7 +106,7 @@ fn conninfo(port: u16, user: &str, password: &str, extra: &str) -> String {
 /// Connects tokio-postgres with `tls` (or without TLS) within [`LIMIT`].
 async fn try_connect_tls(
     conn: &str,
-    tls: Option<TestTls>,
+    tls: Option<pgveil::tls::PgConnector>,
 ) -> Result<Client, tokio_postgres::Error> {
     let connect = async {
         match tls {
@@ -127,7 +127,7 @@ async fn try_connect_tls(
         .unwrap_or_else(|_| panic!("connect {conn}: timed out"))
 }
 
-async fn connect_tls(conn: &str, tls: Option<TestTls>) -> Client {
+async fn connect_tls(conn: &str, tls: Option<pgveil::tls::PgConnector>) -> Client {
     try_connect_tls(conn, tls)
         .await
         .unwrap_or_else(|e| panic!("connect {conn}: {}", error_text(&e)))

@@ -43,6 +43,9 @@ pub struct Options {
     pub pause: Duration,
     /// Report, change nothing.
     pub dry_run: bool,
+    /// CA to verify the database's certificate with (TLS required, host
+    /// name checked); without it the URL's `sslmode` applies, unverified.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// One configured column as this database stores it.
@@ -133,12 +136,7 @@ async fn run(
     mode: Mode,
     opts: &Options,
 ) -> anyhow::Result<bool> {
-    let (client, connection) = tokio_postgres::connect(&opts.url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the database (the URL's password is not shown)")?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = connect(opts).await?;
     client
         .batch_execute("SET application_name = 'pgveil-migrate'; SET statement_timeout = 0")
         .await?;
@@ -208,6 +206,35 @@ async fn run(
         }
     }
     Ok(clean)
+}
+
+/// Connects directly to PostgreSQL: TLS as the URL's `sslmode` says
+/// (prefer by default), verified against `--ca` when given.
+async fn connect(opts: &Options) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = opts
+        .url
+        .parse()
+        .context("reading the database URL (its password is not shown)")?;
+    if opts.ca.is_some() {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    let failed = "connecting to the database (the URL's password is not shown)";
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context(failed)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(client);
+    }
+    let tls = pgveil::tls::PgConnector::new(opts.ca.as_deref(), None)?;
+    let (client, connection) = config.connect(tls).await.context(failed)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// Groups the configured columns by table, reads their types and keys.

@@ -7,18 +7,11 @@
 //! The certificates are generated once per test binary into a temporary
 //! directory removed when the process exits; nothing here is committed.
 
-use std::future::Future;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::OnceLock;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use pgveil::tls::PgConnector;
 
 use super::{PgCluster, TLS_APP_PASSWORD, TLS_AUTH_PASSWORD, find_pg_bin, is_root};
 
@@ -354,144 +347,20 @@ impl PgCluster {
     }
 }
 
-/// A tokio-postgres TLS connector for tests: rustls with the aws-lc-rs
-/// provider, the server verified against one CA and its host name, ALPN
-/// `postgresql` (so `sslnegotiation=direct` works), optionally a client
-/// certificate, and `tls-server-end-point` channel binding.
-#[derive(Clone)]
-pub struct TestTls {
-    config: Arc<rustls::ClientConfig>,
-}
+/// tokio-postgres TLS for the tests: pgveil's own connector
+/// (`pgveil::tls::PgConnector`: CA and host name verified, ALPN
+/// `postgresql`, `tls-server-end-point` channel binding).
+pub struct TestTls;
 
 impl TestTls {
     /// Trusts only the CA certificates in the PEM file `ca`.
-    pub fn new(ca: &Path) -> TestTls {
-        TestTls::build(ca, None)
+    pub fn new(ca: &Path) -> PgConnector {
+        PgConnector::new(Some(ca), None).unwrap()
     }
 
     /// Like [`TestTls::new`], presenting `client` as client certificate.
-    pub fn with_client_cert(ca: &Path, client: &CertKey) -> TestTls {
-        TestTls::build(ca, Some(client))
-    }
-
-    fn build(ca: &Path, client: Option<&CertKey>) -> TestTls {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let mut config = match client {
-            Some(pair) => {
-                let chain = CertificateDer::pem_file_iter(&pair.cert)
-                    .unwrap()
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = PrivateKeyDer::from_pem_file(&pair.key).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"postgresql".to_vec()];
-        TestTls {
-            config: Arc::new(config),
-        }
-    }
-}
-
-impl<S> MakeTlsConnect<S> for TestTls
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = TestTlsStream<S>;
-    type TlsConnect = TestTlsConnect;
-    type Error = rustls::pki_types::InvalidDnsNameError;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<TestTlsConnect, Self::Error> {
-        Ok(TestTlsConnect {
-            config: self.config.clone(),
-            name: ServerName::try_from(domain.to_owned())?,
-        })
-    }
-}
-
-/// One handshake of [`TestTls`].
-pub struct TestTlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
-
-impl<S> TlsConnect<S> for TestTlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = TestTlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TestTlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
-            Ok(TestTlsStream(tls))
-        })
-    }
-}
-
-/// A TLS connection made by [`TestTls`].
-pub struct TestTlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S> TestTlsStream<S> {
-    /// The negotiated ALPN protocol, if any.
-    pub fn alpn(&self) -> Option<&[u8]> {
-        self.0.get_ref().1.alpn_protocol()
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TestTlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TestTlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for TestTlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        match self
-            .0
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-        {
-            Some(cert) => ChannelBinding::tls_server_end_point(tls_server_end_point(cert)),
-            None => ChannelBinding::none(),
-        }
+    pub fn with_client_cert(ca: &Path, client: &CertKey) -> PgConnector {
+        PgConnector::new(Some(ca), Some((&client.cert, &client.key))).unwrap()
     }
 }
 
