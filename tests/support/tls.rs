@@ -352,6 +352,7 @@ impl PgCluster {
 /// `postgresql`, `tls-server-end-point` channel binding).
 pub struct TestTls;
 
+#[allow(clippy::new_ret_no_self)]
 impl TestTls {
     /// Trusts only the CA certificates in the PEM file `ca`.
     pub fn new(ca: &Path) -> PgConnector {
