@@ -15,7 +15,8 @@ pub type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// directive does not parse or a subscriber is already installed. While
 /// `RUST_LOG` is set it wins, at start and on reload.
 pub fn init(log: &Log) -> Result<Reload, String> {
-    init_to(log, std::io::stderr, true)
+    use std::io::IsTerminal;
+    init_to(log, std::io::stderr, std::io::stderr().is_terminal())
 }
 
 /// Like [`init`], to any writer (the tests log to files).

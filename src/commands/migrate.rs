@@ -152,11 +152,14 @@ async fn run(
     }
     check_keys(config, &client, &jobs).await?;
     let mut clean = plans.is_empty();
+    // A column that needs a type change first: change nothing at all, so
+    // the DBA resolves the plan (or limits the run with --table) knowingly.
+    let hold = !plans.is_empty() && mode != Mode::Verify && !opts.dry_run;
     for job in &jobs {
         let report = report(&client, job).await?;
         eprintln!("{}: {report}", job.name());
         let remaining = count(&client, job).await?;
-        if mode == Mode::Verify || opts.dry_run {
+        if mode == Mode::Verify || opts.dry_run || hold {
             if remaining > 0 {
                 clean = false;
                 if opts.dry_run {
@@ -197,6 +200,11 @@ async fn run(
                 job.name()
             );
         }
+    }
+    if hold {
+        eprintln!(
+            "nothing was written: carry out the plan above first, or limit the run with --table"
+        );
     }
     if mode == Mode::Verify {
         if clean {
@@ -372,10 +380,10 @@ fn type_change_plan(job: &Job<'_>, id: &ColumnId, sql_type: &str, cipher: &Colum
          \x20      column = \"{}\"\n\
          \x20      type = \"{}\"\n\
          \x20      domain = \"{}\"\n\
-         \x20 3. Pause writes to {} on {rel} (the copy below must be current), then copy the \n\
+         \x20 3. Pause writes to {} on {rel} (the copy below must be current), then copy the\n\
          \x20    plaintext out directly and back in through pgveil, which encrypts it:\n\
-         \x20      psql <direct>  -c \"\\copy (SELECT {key}, {col} FROM {rel}) TO 'plain.csv' CSV\"\n\
-         \x20      psql <pgveil>  -c \"\\copy {stage} FROM 'plain.csv' CSV\"   (then shred plain.csv)\n\
+         \x20      psql <direct>  -c '\\copy (SELECT {key}, {col} FROM {rel}) TO plain.csv CSV'\n\
+         \x20      psql <pgveil>  -c '\\copy {stage} FROM plain.csv CSV'   (then shred plain.csv)\n\
          \x20 4. One short transaction, directly:\n\
          \x20      BEGIN; LOCK TABLE {rel} IN SHARE ROW EXCLUSIVE MODE;\n\
          \x20      UPDATE {rel} t SET {new} = s.{col} FROM {stage} s WHERE ({tkey}) = ({skey});\n\
@@ -735,10 +743,34 @@ async fn batch(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
+    let first = rows
+        .first()
+        .map(|r| {
+            (0..nkeys)
+                .map(|i| r.get::<_, String>(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
     let written = client
         .execute(update.as_str(), &refs)
         .await
-        .with_context(|| format!("writing a batch of {}", job.name()))?;
+        .with_context(|| {
+            format!(
+                "writing the batch of {} with {} from ({first}) to ({}); nothing of it was written",
+                job.name(),
+                if job.key.is_empty() {
+                    "ctid".to_string()
+                } else {
+                    job.key
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                last.join(",")
+            )
+        })?;
     Ok((written as i64, Some(last)))
 }
 
