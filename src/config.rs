@@ -244,6 +244,41 @@ pub struct KeySource<'a> {
     pub check: Option<&'a str>,
 }
 
+impl Config {
+    /// The key versions of a domain: the one it writes with, and those its
+    /// stored values may use (reads accept them, searches match them all).
+    pub fn domain_key_versions(&self, domain: &str) -> (u16, Vec<u16>) {
+        let Some(keys) = &self.keys else {
+            return (1, vec![1]);
+        };
+        let active = keys.active_version();
+        let cols = || self.encrypt.iter().filter(|c| c.domain_name() == domain);
+        let write = cols().find_map(|c| c.key_version).unwrap_or(active);
+        if let Some(list) = cols().find_map(|c| c.key_versions.clone()) {
+            let mut list = list;
+            list.sort_unstable();
+            list.dedup();
+            return (write, list);
+        }
+        // A version another domain was pinned to (and not the global active
+        // one) belongs to that domain's rotation, not to this domain.
+        let foreign: Vec<u16> = self
+            .encrypt
+            .iter()
+            .filter(|c| c.domain_name() != domain)
+            .filter_map(|c| c.key_version)
+            .filter(|v| *v != active && *v != write)
+            .collect();
+        let readable = keys
+            .sources()
+            .iter()
+            .map(|s| s.version)
+            .filter(|v| !foreign.contains(v))
+            .collect();
+        (write, readable)
+    }
+}
+
 impl Keys {
     /// Every configured version: version 1 from the top-level keys (when
     /// set), then `[[keys.versions]]`, in version order.
@@ -457,6 +492,11 @@ pub struct EncryptColumn {
     /// `[keys] active` (rotating one domain's key).
     #[serde(default)]
     pub key_version: Option<u16>,
+    /// Key versions this column's domain may hold in the database (what
+    /// reads accept and searches match). Default: every configured version
+    /// except those other domains were pinned to alone.
+    #[serde(default)]
+    pub key_versions: Option<Vec<u16>>,
 }
 
 /// Types an encrypted column may present to the application.
@@ -822,6 +862,40 @@ impl Config {
                     ));
                 }
             }
+            if let Some(list) = &col.key_versions {
+                if let Some(v) = list.iter().find(|v| !configured(**v)) {
+                    return Err(invalid(
+                        span,
+                        key("key_versions"),
+                        format!("key version {v} is not configured in [keys]"),
+                    ));
+                }
+                let (write, _) = self.domain_key_versions(&col.domain_name());
+                if !list.contains(&write) {
+                    return Err(invalid(
+                        span,
+                        key("key_versions"),
+                        format!("must include {write}, the version the domain writes with"),
+                    ));
+                }
+                let others = self
+                    .encrypt
+                    .iter()
+                    .filter(|c| c.domain_name() == col.domain_name())
+                    .filter_map(|c| c.key_versions.as_ref());
+                if others.into_iter().any(|o| {
+                    let (mut a, mut b) = (o.clone(), list.clone());
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    a != b
+                }) {
+                    return Err(invalid(
+                        span,
+                        key("key_versions"),
+                        "all columns of one key domain must list the same versions".into(),
+                    ));
+                }
+            }
             if col.migrating && !matches!(col.value_type, ValueType::Text | ValueType::Varchar) {
                 return Err(invalid(
                     span,
@@ -1031,6 +1105,33 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn domain_key_versions_follow_pins_and_lists() {
+        let text = |extra: &str| {
+            format!(
+                "[listen]\naddress = \"127.0.0.1:1\"\n[upstream]\naddress = \"127.0.0.1:2\"\n\
+                 [keys]\nmaster_key_env = \"K\"\nactive = 1\n\
+                 [[keys.versions]]\nversion = 2\nmaster_key_env = \"K\"\n\
+                 [[encrypt]]\ntable = \"t\"\ncolumn = \"a\"\ndomain = \"a\"\n{extra}\n\
+                 [[encrypt]]\ntable = \"t\"\ncolumn = \"b\"\ndomain = \"b\"\n"
+            )
+        };
+        let c = Config::parse(&text(""), "t").unwrap();
+        assert_eq!(c.domain_key_versions("a"), (1, vec![1, 2]));
+        // Pinning `a` to 2 keeps `b` at one version.
+        let c = Config::parse(&text("key_version = 2"), "t").unwrap();
+        assert_eq!(c.domain_key_versions("a"), (2, vec![1, 2]));
+        assert_eq!(c.domain_key_versions("b"), (1, vec![1]));
+        let c = Config::parse(&text("key_version = 2\nkey_versions = [2]"), "t").unwrap();
+        assert_eq!(c.domain_key_versions("a"), (2, vec![2]));
+        assert!(
+            Config::parse(&text("key_versions = [2]"), "t").is_err(),
+            "must include the write version"
+        );
+        assert!(Config::parse(&text("key_versions = [3]"), "t").is_err());
+    }
+
     use super::*;
 
     const MINIMAL: &str =

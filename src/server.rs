@@ -105,30 +105,20 @@ impl Encryption {
             .iter()
             .map(|c| {
                 format!(
-                    "{}:{}:{}:{:?}:{}",
+                    "{}:{}:{}:{:?}:{}:{:?}",
                     c.id(),
                     c.value_type.name(),
                     c.domain_name(),
                     c.storage,
-                    c.migrating
+                    c.migrating,
+                    config.domain_key_versions(&c.domain_name())
                 )
             })
             .collect();
         entries.sort();
-        // Key versions too: a statement prepared for one stored form per
-        // value must not run once there are two.
-        if let Some(keys) = &config.keys {
-            let versions: Vec<String> = keys
-                .sources()
-                .iter()
-                .map(|s| s.version.to_string())
-                .collect();
-            entries.push(format!(
-                "versions:{}:active:{}",
-                versions.join(","),
-                keys.active_version()
-            ));
-        }
+        // Each domain's key versions are in its entries: a statement
+        // prepared for one stored form per value must not run once there
+        // are two.
         let columns_signature = entries.join(";");
         Ok(Encryption {
             generation,

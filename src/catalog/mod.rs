@@ -296,7 +296,11 @@ impl Catalog {
                         ),
                         other => other,
                     };
-                    let versions = config.keys.as_ref().map_or(1, |k| k.sources().len());
+                    let versions = config
+                        .domain_key_versions(&col.domain_name())
+                        .1
+                        .len()
+                        .max(1);
                     c.encrypted = Some(Encrypted {
                         storage,
                         domain: col.domain_name(),

@@ -362,43 +362,50 @@ impl Keyring {
             }
             masters.push((version, master));
         }
-        let active = KeyVersion::new(keys.active_version())
-            .ok_or_else(|| CryptoError::MasterKey("key versions start at 1".into()))?;
         let refs: Vec<(KeyVersion, &MasterKey)> = masters.iter().map(|(v, m)| (*v, m)).collect();
-        Ok(Keyring::from_master_keys(&refs, active, &config.encrypt))
+        let mut keyring = Keyring::build(&refs, &config.encrypt, |domain| {
+            config.domain_key_versions(domain)
+        });
+        if let Some((_, m)) = masters
+            .iter()
+            .find(|(v, _)| v.get() == keys.active_version())
+        {
+            keyring.check_value = m.check_value();
+        }
+        Ok(keyring)
     }
 
     /// Builds the keyring from a master key already loaded and checked
     /// (version 1 only).
     pub fn from_master_key(master: &MasterKey, columns: &[EncryptColumn]) -> Keyring {
-        Keyring::from_master_keys(&[(KeyVersion::V1, master)], KeyVersion::V1, columns)
+        Keyring::build(&[(KeyVersion::V1, master)], columns, |_| (1, vec![1]))
     }
 
-    /// Builds the keyring from every configured key version: writes use
-    /// `active` (or a column's `key_version`), reads any version.
-    pub fn from_master_keys(
+    /// Builds the keyring: each domain gets the versions `versions_of`
+    /// names (the one it writes with, the ones it reads and searches).
+    fn build(
         masters: &[(KeyVersion, &MasterKey)],
-        active: KeyVersion,
         columns: &[EncryptColumn],
+        versions_of: impl Fn(&str) -> (u16, Vec<u16>),
     ) -> Keyring {
-        let refs = masters;
         let mut domains: HashMap<String, Arc<DomainKeys>> = HashMap::new();
         let mut map = HashMap::new();
+        let mut check_value = String::new();
         for col in columns {
             let name = col.domain_name();
-            // A pin on any column of the domain applies to the domain.
-            let pinned = columns
-                .iter()
-                .filter(|c| c.domain_name() == name)
-                .find_map(|c| c.key_version)
-                .and_then(KeyVersion::new)
-                .unwrap_or(active);
             let domain = domains
                 .entry(name.clone())
                 .or_insert_with(|| {
+                    let (write, readable) = versions_of(&name);
+                    let refs: Vec<(KeyVersion, &MasterKey)> = masters
+                        .iter()
+                        .filter(|(v, _)| readable.contains(&v.get()))
+                        .map(|(v, m)| (*v, *m))
+                        .collect();
+                    let write = KeyVersion::new(write).unwrap_or(KeyVersion::V1);
                     Arc::new(DomainKeys::new(
-                        refs,
-                        pinned,
+                        &refs,
+                        write,
                         Domain::new(name),
                         col.value_type,
                     ))
@@ -415,12 +422,9 @@ impl Keyring {
             };
             map.insert(id, cipher);
         }
-        let check_value = masters
-            .iter()
-            .find(|(v, _)| *v == active)
-            .or(masters.first())
-            .map(|(_, m)| m.check_value())
-            .unwrap_or_default();
+        if let Some((_, m)) = masters.first() {
+            check_value = m.check_value();
+        }
         Keyring {
             columns: map,
             check_value,
