@@ -1620,3 +1620,214 @@ async fn comparisons_that_cannot_match_every_form_are_refused() {
     drop(c);
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// 6. Rotating one domain's key (same master key, a new version pinned to it)
+
+fn citizen_value(column: &str, id: i64) -> String {
+    match column {
+        "email" => format!("citizen{id}@example.org"),
+        "national_id" => format!("FR-{id:09}"),
+        other => panic!("no fixture value for {other}"),
+    }
+}
+
+const CITIZENS: Fixture = Fixture {
+    table: "citizens",
+    columns: &["email", "national_id"],
+    rows: 3000,
+    value: citizen_value,
+};
+
+/// The SQLSTATE a simple-protocol query fails with; `None` when it runs.
+async fn sqlstate(c: &Client, sql: &str) -> Option<SqlState> {
+    let res = within(QUERY_SECS, sql, c.simple_query(sql)).await;
+    res.err()
+        .map(|e| e.code().cloned().unwrap_or_else(|| panic!("{sql}: {e:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_one_domain_only() {
+    let pg = cluster();
+    let db = "migrate_rotate_domain";
+    pg.fresh_database(db).await;
+    let direct = direct_db(pg, db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE citizens (id bigint PRIMARY KEY, email text, national_id text)",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::key_file();
+    let check = check_of(support::TEST_KEY);
+    // `email` in domain "email"; `national_id` in domain "nid", plus `nid`.
+    let entries = |nid: &str| {
+        format!(
+            "{}{}",
+            encrypt_toml("citizens", &["email"], "domain = \"email\"\n"),
+            encrypt_toml(
+                "citizens",
+                &["national_id"],
+                &format!("domain = \"nid\"\n{nid}")
+            )
+        )
+    };
+    let forms_of = |column: &'static str| forms(&direct, "citizens", column);
+
+    // Written through pgveil with version 1 only (multi-row INSERTs, one
+    // row per line).
+    let only_v1 = format!(
+        "{}{}",
+        keys_toml(&[v(1, &key, Some(&check))], None),
+        entries("")
+    );
+    let proxy = Proxy::start(pg, &proxy_extra(&only_v1)).await;
+    let c = via(&proxy, pg, db).await;
+    for chunk in (1..=CITIZENS.rows).collect::<Vec<_>>().chunks(1000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|&id| {
+                format!(
+                    "({id}, '{}', '{}')",
+                    citizen_value("email", id),
+                    citizen_value("national_id", id)
+                )
+            })
+            .collect();
+        q(
+            &c,
+            &format!("INSERT INTO citizens VALUES {}", values.join(",\n")),
+        )
+        .await;
+    }
+    drop(c);
+    proxy.stop().await;
+    let n = CITIZENS.rows;
+    assert_eq!(forms_of("email").await, (0, n, 0, 0));
+    assert_eq!(forms_of("national_id").await, (0, n, 0, 0));
+
+    // Version 2 with the same master key (same check value), `active = 1`,
+    // and only the "nid" domain pinned to 2.
+    let keys = keys_toml(
+        &[v(1, &key, Some(&check)), v(2, &key, Some(&check))],
+        Some(1),
+    );
+    let pinned = format!("{keys}{}", entries("key_version = 2\n"));
+    let config = write_config(dir.path(), "pinned.toml", pg, &pinned);
+    let url = url(pg, db);
+    let proxy = Proxy::start(pg, &proxy_extra(&pinned)).await;
+    let c = via(&proxy, pg, db).await;
+    let (old, new1, new2) = (7i64, 900_001i64, 900_002i64);
+    q(
+        &c,
+        &format!(
+            "INSERT INTO citizens VALUES ({new1}, '{}', '{}')",
+            citizen_value("email", new1),
+            citizen_value("national_id", new1)
+        ),
+    )
+    .await;
+    c.execute(
+        "INSERT INTO citizens VALUES ($1, $2, $3)",
+        &[
+            &new2,
+            &citizen_value("email", new2),
+            &citizen_value("national_id", new2),
+        ],
+    )
+    .await
+    .unwrap();
+    let stored = q(
+        &direct,
+        &format!("SELECT email, national_id FROM citizens WHERE id IN ({new1}, {new2})"),
+    )
+    .await;
+    assert_eq!(stored.len(), 2);
+    for r in &stored {
+        let (email, nid) = (r[0].as_deref().unwrap(), r[1].as_deref().unwrap());
+        assert!(
+            email.starts_with("pgv:AQAB"),
+            "email not on version 1: {email}"
+        );
+        assert!(
+            nid.starts_with("pgv:AQAC"),
+            "national_id not on version 2: {nid}"
+        );
+    }
+    // national_id searches match both versions, by both protocols.
+    for id in [old, new1, new2] {
+        let nid = citizen_value("national_id", id);
+        let simple = q_col(
+            &c,
+            &format!("SELECT id FROM citizens WHERE national_id = '{nid}'"),
+        )
+        .await;
+        assert_eq!(simple, vec![id.to_string()], "simple search for {nid}");
+        let ext: Vec<(i64, String)> = c
+            .query(
+                "SELECT id, email FROM citizens WHERE national_id = $1",
+                &[&nid],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            ext,
+            vec![(id, citizen_value("email", id))],
+            "extended search for {nid}"
+        );
+        // email keeps one stored form: a literal on the left is fine.
+        let email = citizen_value("email", id);
+        let found = q_col(
+            &c,
+            &format!("SELECT id FROM citizens WHERE '{email}' = email"),
+        )
+        .await;
+        assert_eq!(found, vec![id.to_string()], "'{email}' = email");
+    }
+    // national_id holds two forms: `'x' = national_id` is refused.
+    let left = format!(
+        "SELECT id FROM citizens WHERE '{}' = national_id",
+        citizen_value("national_id", old)
+    );
+    assert_eq!(
+        sqlstate(&c, &left).await,
+        Some(SqlState::FEATURE_NOT_SUPPORTED),
+        "{left}"
+    );
+    drop(c);
+
+    // Only the pinned domain has work; rotate, then verify.
+    let run = migrate(&config, &["verify"], &url).await;
+    assert!(
+        !run.ok(),
+        "verify passed with version-1 national_ids\n{}",
+        run.show()
+    );
+    let run = migrate(&config, &["rotate", "--batch-size", "1000"], &url).await;
+    assert!(run.ok(), "{}", run.show());
+    let run = migrate(&config, &["verify"], &url).await;
+    assert!(run.ok(), "{}", run.show());
+    assert_eq!(forms_of("national_id").await, (0, 0, n + 2, 0));
+    assert_eq!(forms_of("email").await, (0, n + 2, 0, 0));
+    proxy.stop().await;
+
+    // The domain's window closed: `key_versions = [2]`.
+    let done = format!("{keys}{}", entries("key_version = 2\nkey_versions = [2]\n"));
+    let proxy = Proxy::start(pg, &proxy_extra(&done)).await;
+    let c = via(&proxy, pg, db).await;
+    let writes = Writes {
+        inserted: vec![new1, new2],
+        ..Writes::default()
+    };
+    CITIZENS
+        .check_all(&c, &writes, "through pgveil, national_id on version 2 only")
+        .await;
+    assert_eq!(sqlstate(&c, &left).await, None, "{left}");
+    assert_eq!(q_col(&c, &left).await, vec![old.to_string()]);
+    drop(c);
+    proxy.stop().await;
+}

@@ -14,7 +14,36 @@ pub struct Source<'a> {
     pub text: &'a str,
     /// Tokens with their byte ranges.
     pub tokens: Vec<(Token, Range<usize>)>,
-    by_start: HashMap<usize, usize>,
+    /// Token index by the parser's (line, column) of its start.
+    by_loc: HashMap<(u64, u64), usize>,
+}
+
+/// Walks the text forward to each location in turn, so converting every
+/// token's location costs one pass over the text, not one per token (a
+/// long single-line statement would otherwise be quadratic).
+struct Cursor {
+    line: u64,
+    column: u64,
+    byte: usize,
+}
+
+impl Cursor {
+    fn advance(&mut self, text: &str, starts: &[usize], loc: Location) -> Option<usize> {
+        if (loc.line, loc.column) < (self.line, self.column) {
+            return offset(text, starts, loc);
+        }
+        if loc.line > self.line {
+            self.byte = *starts.get(usize::try_from(loc.line).ok()?.checked_sub(1)?)?;
+            self.line = loc.line;
+            self.column = 1;
+        }
+        for _ in self.column..loc.column {
+            let c = text.get(self.byte..)?.chars().next()?;
+            self.byte += c.len_utf8();
+        }
+        self.column = loc.column;
+        Some(self.byte)
+    }
 }
 
 /// Byte offsets of line starts.
@@ -46,28 +75,31 @@ impl<'a> Source<'a> {
             .ok()?;
         let starts = line_starts(text);
         let mut tokens = Vec::with_capacity(raw.len());
-        let mut by_start = HashMap::new();
+        let mut by_loc = HashMap::new();
+        let mut cursor = Cursor {
+            line: 1,
+            column: 1,
+            byte: 0,
+        };
         for t in raw {
             if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
                 continue;
             }
-            let a = offset(text, &starts, t.span.start)?;
-            let b = offset(text, &starts, t.span.end)?;
-            by_start.insert(a, tokens.len());
+            let a = cursor.advance(text, &starts, t.span.start)?;
+            let b = cursor.advance(text, &starts, t.span.end)?;
+            by_loc.insert((t.span.start.line, t.span.start.column), tokens.len());
             tokens.push((t.token, a..b));
         }
         Some(Source {
             text,
             tokens,
-            by_start,
+            by_loc,
         })
     }
 
     /// Index of the token starting at a parser location.
     pub fn token_at(&self, loc: Location) -> Option<usize> {
-        let starts = line_starts(self.text);
-        let at = offset(self.text, &starts, loc)?;
-        self.by_start.get(&at).copied()
+        self.by_loc.get(&(loc.line, loc.column)).copied()
     }
 
     /// The token at an index.
