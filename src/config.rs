@@ -267,7 +267,10 @@ impl Config {
             .iter()
             .filter(|c| c.domain_name() != domain)
             .filter_map(|c| c.key_version)
-            .filter(|v| *v != active && *v != write)
+            // Only versions newer than the active one: pinning a domain to
+            // an older version ("rotate all but this one") must not take
+            // that version away from the others, which still hold it.
+            .filter(|v| *v > active && *v != write)
             .collect();
         let readable = keys
             .sources()

@@ -3,10 +3,12 @@
 //! live database, connecting to PostgreSQL directly.
 //!
 //! Safe to kill at any moment: each batch is one UPDATE, so it commits
-//! whole or not at all, and a value is rewritten only if it still holds
-//! what the batch read (`IS NOT DISTINCT FROM`), so a concurrent write by
-//! the application (through pgveil, hence already current) always wins and
-//! nothing is encrypted twice. Re-running finds what is left: any value
+//! whole or not at all, and a row is rewritten only if it is still the row
+//! version the batch read (`xmin`), so a concurrent write by the
+//! application (through pgveil, hence already current) always wins and
+//! nothing is encrypted twice. Old values are never sent back to the
+//! database (in `encrypt` they are plaintext, and statement logs would keep
+//! them). Re-running finds what is left: any value
 //! that is not ciphertext of the active version.
 
 use std::collections::BTreeMap;
@@ -85,7 +87,7 @@ impl Job<'_> {
         let header = [1u8, (v >> 8) as u8, v as u8];
         match col.storage {
             Storage::Text => format!(
-                "({c} IS NOT NULL AND left({c}, 8) <> 'pgv:{}')",
+                "({c} IS NOT NULL AND left({c}, 8) COLLATE \"C\" <> 'pgv:{}')",
                 base64::engine::general_purpose::STANDARD.encode(header)
             ),
             Storage::Bytea => format!(
@@ -138,7 +140,10 @@ async fn run(
 ) -> anyhow::Result<bool> {
     let client = connect(opts).await?;
     client
-        .batch_execute("SET application_name = 'pgveil-migrate'; SET statement_timeout = 0")
+        .batch_execute(
+            "SET application_name = 'pgveil-migrate'; SET statement_timeout = 0; \
+             SET standard_conforming_strings = on",
+        )
         .await?;
     let (jobs, plans) = jobs(config, keyring, &client, opts.table.as_deref()).await?;
     for plan in &plans {
@@ -270,8 +275,17 @@ async fn jobs<'k>(
     let mut jobs = Vec::new();
     let mut plans = Vec::new();
     for ((schema, table), ids) in by_table {
+        let mut key = primary_key(client, &schema, &table).await?;
+        if key
+            .iter()
+            .any(|(k, _)| ids.iter().any(|id| &id.column == k))
+        {
+            // An encrypted key column: paging by it would send its plaintext
+            // as parameters and print it in messages; rows go by ctid.
+            key.clear();
+        }
         let mut job = Job {
-            key: primary_key(client, &schema, &table).await?,
+            key,
             schema,
             table,
             columns: Vec::new(),
@@ -298,6 +312,10 @@ async fn jobs<'k>(
                 .column_by_id(&id)
                 .with_context(|| format!("no key for {id}"))?;
             let storage = match typname.as_str() {
+                "bytea" if cipher.migrating() => bail!(
+                    "{id} is bytea but marked `migrating = true`: only text columns are encrypted \
+                     in place (plaintext bytes cannot be told from ciphertext)"
+                ),
                 "bytea" => Storage::Bytea,
                 "text" | "varchar" => Storage::Text,
                 _ => {
@@ -465,7 +483,7 @@ async fn check_keys(config: &Config, client: &Client, jobs: &[Job<'_>]) -> anyho
                 let c = format!("t.{}", quote(&col.id.column));
                 let filter = match col.storage {
                     Storage::Text => format!(
-                        "left({c}, 8) = 'pgv:{}'",
+                        "left({c}, 8) COLLATE \"C\" = 'pgv:{}'",
                         base64::engine::general_purpose::STANDARD.encode(header)
                     ),
                     Storage::Bytea => format!(
@@ -530,7 +548,7 @@ async fn count(client: &Client, job: &Job<'_>) -> anyhow::Result<i64> {
 async fn plaintext_count(client: &Client, job: &Job<'_>, col: &Target<'_>) -> anyhow::Result<i64> {
     let c = format!("t.{}", quote(&col.id.column));
     let sql = format!(
-        "SELECT count(*) FROM {} t WHERE {c} IS NOT NULL AND {c} NOT LIKE 'pgv:%'",
+        "SELECT count(*) FROM {} t WHERE {c} IS NOT NULL AND left({c}, 4) COLLATE \"C\" <> 'pgv:'",
         job.relation()
     );
     Ok(client.query_one(sql.as_str(), &[]).await?.get(0))
@@ -639,8 +657,9 @@ async fn batch(
         }
         None => String::new(),
     };
+    // xmin: the row version, the UPDATE's guard (see below).
     let sql = format!(
-        "SELECT {}, {} FROM {} t WHERE {} {bound} ORDER BY {key_list} LIMIT {size}",
+        "SELECT {}, t.xmin::text, {} FROM {} t WHERE {} {bound} ORDER BY {key_list} LIMIT {size}",
         key_text.join(", "),
         cols.join(", "),
         job.relation(),
@@ -660,11 +679,11 @@ async fn batch(
     let nkeys = keys.len();
     let last: Vec<String> = (0..nkeys).map(|i| last_row.get::<_, String>(i)).collect();
 
-    // Column-major arrays for unnest: key columns (text), then per column
-    // the old and new stored values.
-    let mut key_arrays: Vec<Vec<String>> = vec![Vec::with_capacity(rows.len()); nkeys];
-    let mut olds: Vec<Vec<Option<Vec<u8>>>> =
-        vec![Vec::with_capacity(rows.len()); job.columns.len()];
+    // Column-major arrays for unnest: key columns and the row version
+    // (text), then per column the new stored value. The old values are
+    // never sent back: in `encrypt` they are plaintext, and statement logs
+    // of the database would show them.
+    let mut key_arrays: Vec<Vec<String>> = vec![Vec::with_capacity(rows.len()); nkeys + 1];
     let mut news: Vec<Vec<Option<Vec<u8>>>> =
         vec![Vec::with_capacity(rows.len()); job.columns.len()];
     for row in &rows {
@@ -672,7 +691,7 @@ async fn batch(
             k.push(row.get::<_, String>(i));
         }
         for (j, col) in job.columns.iter().enumerate() {
-            let old = stored_bytes(row, nkeys + j, col.storage);
+            let old = stored_bytes(row, nkeys + 1 + j, col.storage);
             let new = match &old {
                 None => None,
                 Some(v) if is_current(col, v) => Some(v.clone()),
@@ -680,7 +699,6 @@ async fn batch(
                     anyhow::anyhow!("{}: a stored value cannot be re-encrypted: {e}; nothing of this batch was written", col.id)
                 })?),
             };
-            olds[j].push(old);
             news[j].push(new);
         }
     }
@@ -690,27 +708,30 @@ async fn batch(
     for (i, k) in key_arrays.into_iter().enumerate() {
         params.push(Box::new(k));
         unnest.push(format!("${}::text[]", params.len()));
-        names.push(format!("k{i}"));
+        names.push(if i == nkeys {
+            "x".to_string()
+        } else {
+            format!("k{i}")
+        });
     }
     for (j, col) in job.columns.iter().enumerate() {
-        for (which, values) in [("o", &olds[j]), ("n", &news[j])] {
-            match col.storage {
-                Storage::Bytea => params.push(Box::new(values.clone())),
-                Storage::Text => params.push(Box::new(
-                    values
-                        .iter()
-                        .map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect::<Vec<_>>(),
-                )),
-            }
-            let ty = if col.storage == Storage::Bytea {
-                "bytea[]"
-            } else {
-                "text[]"
-            };
-            unnest.push(format!("${}::{ty}", params.len()));
-            names.push(format!("{which}{j}"));
+        let values = &news[j];
+        match col.storage {
+            Storage::Bytea => params.push(Box::new(values.clone())),
+            Storage::Text => params.push(Box::new(
+                values
+                    .iter()
+                    .map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect::<Vec<_>>(),
+            )),
         }
+        let ty = if col.storage == Storage::Bytea {
+            "bytea[]"
+        } else {
+            "text[]"
+        };
+        unnest.push(format!("${}::{ty}", params.len()));
+        names.push(format!("n{j}"));
     }
     let sets: Vec<String> = job
         .columns
@@ -724,12 +745,10 @@ async fn batch(
         .enumerate()
         .map(|(i, (k, t))| format!("{k} = v.k{i}::{t}"))
         .collect();
-    let guards: Vec<String> = job
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(j, c)| format!("t.{} IS NOT DISTINCT FROM v.o{j}", quote(&c.id.column)))
-        .collect();
+    // The row is written only if it is the version the batch read: any
+    // write since (the application's, through pgveil) changed xmin and
+    // wins; the row is picked up again by the next pass if it still needs it.
+    let guards = ["t.xmin = v.x::xid".to_string()];
     let update = format!(
         "UPDATE {} t SET {} FROM unnest({}) AS v({}) WHERE {} AND {}",
         job.relation(),

@@ -268,6 +268,12 @@ struct Ctx<'c, 'a> {
     copy: Option<std::sync::Arc<CopyPlan>>,
     /// Where each `$n` is written, by number.
     placeholders: HashMap<usize, Vec<Range<usize>>>,
+    /// Parameters that reached a comparison through a derived table, VALUES
+    /// list or CTE column: rewriting them where they are written would
+    /// change that column, not the comparison.
+    derived_params: std::collections::HashSet<usize>,
+    /// Inside DDL that stores its expressions (view, index predicate).
+    in_ddl: bool,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -401,6 +407,8 @@ pub fn analyze(
             plain_params: Vec::new(),
             copy: None,
             placeholders: HashMap::new(),
+            derived_params: std::collections::HashSet::new(),
+            in_ddl: false,
         };
         let result = ctx.statement(stmt).and_then(|outputs| {
             if let Some(outs) = &outputs {
@@ -504,6 +512,8 @@ pub fn view_columns(
         plain_params: Vec::new(),
         copy: None,
         placeholders: HashMap::new(),
+        derived_params: std::collections::HashSet::new(),
+        in_ddl: false,
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -732,7 +742,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 // are encrypted like any other, so the view compares ciphertext.
                 self.touches = true;
                 let was_stale = self.stale;
-                self.query(&v.query, None)?;
+                self.in_ddl = true;
+                let analysed = self.query(&v.query, None);
+                self.in_ddl = false;
+                analysed?;
                 if self.stale && !was_stale && !has_literals(&v.query.to_string()) {
                     // Over a table created earlier in this same Query: with
                     // no literal in it, the view stores nothing to encrypt;
@@ -754,7 +767,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         source,
                     });
                     let scope = Scope { rels, parent: None };
-                    self.predicate(pred, &scope)?;
+                    self.in_ddl = true;
+                    let analysed = self.predicate(pred, &scope);
+                    self.in_ddl = false;
+                    analysed?;
                 }
                 Ok(None)
             }
@@ -1117,7 +1133,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             (Some(_), Class::Null) => Ok(()),
             (Some(t), Class::Enc { col, .. }) => {
-                if col.domain == t.domain && col.storage == t.storage {
+                if col.domain == t.domain && col.storage == t.storage && col.forms > t.forms {
+                    // Plaintext or old-version values of a column in its
+                    // window would land in one that cannot hold them.
+                    Err(several_forms(
+                        &col,
+                        &format!("copying into {} (fewer stored forms)", t.id),
+                    ))
+                } else if col.domain == t.domain && col.storage == t.storage {
                     Ok(())
                 } else {
                     Err(refuse_col(
@@ -1332,7 +1355,11 @@ impl<'c, 'a> Ctx<'c, 'a> {
         let expand = col.forms > 1 && forms != Forms::One;
         if expand && !array {
             let single = match ns {
-                [n] => self.placeholders.get(n).map_or(0, Vec::len) == 1 && casts.len() <= 1,
+                [n] => {
+                    self.placeholders.get(n).map_or(0, Vec::len) == 1
+                        && casts.len() <= 1
+                        && !self.derived_params.contains(n)
+                }
                 _ => false,
             };
             if !single {
@@ -1964,6 +1991,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         "mixed_domains",
                     ));
                 }
+                if col.forms != c2.forms {
+                    // The combined column would be searched for the forms
+                    // of one of them only.
+                    return Err(several_forms(
+                        &col,
+                        &format!("combining with {} (another number of stored forms)", c2.id),
+                    ));
+                }
                 Class::Enc { col, direct: false }
             }
             (Class::Enc { col, .. }, Class::Lits(ls))
@@ -2144,6 +2179,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     }
                     RelSource::Derived(outs) => {
                         if let Some(o) = outs.iter().find(|o| o.name == col) {
+                            if let Class::Params(ns, _) = &o.class {
+                                self.derived_params.extend(ns.iter().copied());
+                            }
                             found.push(via_column(o.class.clone()));
                         }
                     }
@@ -2254,6 +2292,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ));
                 }
                 let forms = match_forms(&col, op, enc_left)?;
+                if forms != Forms::One && self.in_ddl {
+                    // The forms would be stored in the catalog and outlive
+                    // the window.
+                    return Err(several_forms(
+                        &col,
+                        "a comparison stored in a view or index",
+                    ));
+                }
                 for l in &ls {
                     self.encrypt_literal(l, &col, forms)?;
                 }
@@ -2263,6 +2309,12 @@ impl<'c, 'a> Ctx<'c, 'a> {
             (Class::Enc { col, .. }, Class::Params(ns, casts))
             | (Class::Params(ns, casts), Class::Enc { col, .. }) => {
                 let forms = match_forms(&col, op, enc_left)?;
+                if forms != Forms::One && self.in_ddl {
+                    return Err(several_forms(
+                        &col,
+                        "a comparison stored in a view or index",
+                    ));
+                }
                 self.bind_params(&ns, &casts, &col, false, forms)
             }
             (Class::Params(ns, _), _) | (_, Class::Params(ns, _)) => {
@@ -3442,6 +3494,27 @@ mod tests {
         assert!(a.statements[0].replacements.is_empty());
         let r = run_forms("SELECT id FROM customers WHERE email = $1 OR email <> $1").refusal;
         assert_eq!(r.map(|r| r.reason), Some("migrating"));
+        // Review regressions: each would have matched one form only, or
+        // stored the forms beyond the window.
+        for sql in [
+            "SELECT id FROM customers c, (SELECT $1 AS x) v WHERE c.email IN (v.x)",
+            "SELECT id FROM customers c, (VALUES ($1)) v(x) WHERE c.email = v.x",
+            "SELECT * FROM (SELECT email FROM leads UNION ALL SELECT email FROM customers) u WHERE email = 'a'",
+            "INSERT INTO leads (email) SELECT email FROM customers",
+            "CREATE VIEW v AS SELECT id FROM customers WHERE email = 'a'",
+            "CREATE INDEX i ON customers (id) WHERE email = 'a'",
+        ] {
+            let r = run_forms(sql)
+                .refusal
+                .unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert_eq!(r.reason, "migrating", "{sql}");
+        }
+        // The other direction is fine: one form into a column with more.
+        assert!(
+            run_forms("INSERT INTO customers (email) SELECT email FROM leads")
+                .refusal
+                .is_none()
+        );
     }
 
     #[test]
