@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Running(Child);
 
@@ -45,30 +44,6 @@ fn hup(child: &Running) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-async fn metric(port: u16, series: &str) -> f64 {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-async fn wait_for_metric(port: u16, series: &str, want: f64) {
-    for _ in 0..100 {
-        if metric(port, series).await >= want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{series} never reached {want}");
 }
 
 fn config(pg_port: u16, port: u16, mport: u16, key: &str, columns: &[(&str, &str)]) -> String {
@@ -154,7 +129,7 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
     )
     .unwrap();
     hup(&child);
-    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
+    support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
 
     // The session holding a SQL prepared statement from before the reload
     // is ended (57P01) before it can EXECUTE it with plaintext.
@@ -198,7 +173,7 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
     // An invalid file is rejected; the proxy keeps serving the old one.
     std::fs::write(&path, "[listen]\nadress = \"typo\"\n").unwrap();
     hup(&child);
-    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"error\"} ", 1.0).await;
+    support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"error\"} ", 1.0).await;
     c.batch_execute("INSERT INTO people (id, ssn) VALUES (4, 'still-encrypted')")
         .await
         .unwrap();
@@ -290,7 +265,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 
     install(&certs.server_rsa);
     hup(&child);
-    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
+    support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
     assert_eq!(
         presented_fingerprint(port),
         renewed,
@@ -309,7 +284,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 
     std::fs::write(&key, "not a key").unwrap();
     hup(&child);
-    wait_for_metric(mport, "pgveil_config_reloads_total{result=\"error\"} ", 1.0).await;
+    support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"error\"} ", 1.0).await;
     assert_eq!(
         presented_fingerprint(port),
         renewed,

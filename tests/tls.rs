@@ -892,3 +892,59 @@ async fn handshake_stalls_injected_bytes_and_missing_alpn_are_refused() {
     }
     proxy.stop().await;
 }
+
+/// `scram` mode in front of a plaintext upstream whose `pg_hba.conf` says
+/// `md5` for one role and `trust` for another: pgveil verifies each client
+/// itself (MD5 challenge against an MD5 verifier, SCRAM otherwise) before
+/// the upstream login, so a wrong password is refused even where the
+/// database would trust the role. `[upstream.tls] mode = "prefer"` falls
+/// back to plaintext against a server without TLS (counted), `require`
+/// refuses it clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_mode_md5_and_trust_verifiers_and_prefer_fallback() {
+    let pg = cluster();
+    pg.psql_socket(&support::tls::tls_setup_sql());
+    pg.psql_socket(
+        "SET password_encryption = 'md5'; CREATE ROLE pgveil_md5 LOGIN PASSWORD 'md5-secret'; \
+         RESET password_encryption; CREATE ROLE pgveil_trust LOGIN PASSWORD 'trust-secret';",
+    );
+    let extra = format!(
+        "{}[metrics]\naddress = \"127.0.0.1:0\"\n{}",
+        upstream_tls(Some("prefer"), None, ""),
+        scram_auth()
+    );
+    let proxy = Proxy::start_full(&upstream_of(pg), "", &extra).await;
+    for (user, password) in [
+        ("pgveil_md5", "md5-secret"),
+        ("pgveil_trust", "trust-secret"),
+    ] {
+        let conn = conninfo(proxy.port, user, password, "sslmode=disable");
+        let client = connect_tls(&conn, None).await;
+        let me: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(me, user);
+        let wrong = conninfo(proxy.port, user, "not-it", "sslmode=disable");
+        let (code, message) = db_error(try_connect_tls(&wrong, None).await, user);
+        assert_eq!(code, "28P01", "{user}: {message}");
+    }
+    let mport = proxy.metrics_port.unwrap();
+    support::wait_for_metric(mport, "pgveil_upstream_tls_fallbacks_total ", 1.0).await;
+    support::wait_for_metric(mport, "pgveil_auth_total{result=\"ok\"} ", 2.0).await;
+    proxy.stop().await;
+
+    // Passthrough, so the client sees the connection error itself (in scram
+    // mode the failed lookup is reported generically and logged).
+    let extra = upstream_tls(Some("require"), None, "");
+    let proxy = Proxy::start_full(&upstream_of(pg), "", &extra).await;
+    let conn = conninfo(proxy.port, "pgveil_md5", "md5-secret", "sslmode=disable");
+    let (code, message) = db_error(try_connect_tls(&conn, None).await, "require");
+    assert!(code.starts_with("08"), "{code} {message}");
+    assert!(
+        message.starts_with("pgveil:") && message.contains("TLS"),
+        "{message}"
+    );
+    proxy.stop().await;
+}

@@ -257,16 +257,12 @@ fn columns(body: &[u8]) -> Vec<Option<String>> {
 
 /// `SQLSTATE: message` of an ErrorResponse body, for logs.
 pub fn error_text(body: &[u8]) -> String {
-    let mut code = "";
-    let mut text = String::new();
-    for field in body.split(|b| *b == 0) {
-        match field.split_first() {
-            Some((b'C', v)) => code = std::str::from_utf8(v).unwrap_or_default(),
-            Some((b'M', v)) => text = String::from_utf8_lossy(v).into_owned(),
-            _ => {}
-        }
-    }
-    format!("{code}: {text}")
+    use crate::protocol::messages::error_response::field;
+    format!(
+        "{}: {}",
+        field(body, b'C').unwrap_or_default(),
+        field(body, b'M').unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

@@ -249,13 +249,9 @@ pub struct AuditContext<'a> {
 /// ReadyForQuery) to the audit log: code and client, never the message,
 /// which could quote what the client sent.
 pub fn audit_auth_error(ctx: &AuditContext<'_>, frame: &[u8]) {
-    let code = frame
-        .get(5..)
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .find(|f| f.first() == Some(&b'C'))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .unwrap_or_default();
+    let code =
+        crate::protocol::messages::error_response::field(frame.get(5..).unwrap_or_default(), b'C')
+            .unwrap_or_default();
     tracing::warn!(target: "audit", client = %ctx.peer, database = %ctx.database,
                    user = %ctx.user, sqlstate = %code, "authentication failed");
 }

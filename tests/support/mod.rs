@@ -489,3 +489,30 @@ fn remove_stale_logs(dir: &Path, name: &str) {
         }
     }
 }
+
+/// The value of one Prometheus series on a metrics endpoint (0 if absent).
+pub async fn metric(port: u16, series: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits (up to 10 s) until a series reaches `want`.
+pub async fn wait_for_metric(port: u16, series: &str, want: f64) {
+    for _ in 0..100 {
+        if metric(port, series).await >= want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{series} never reached {want}");
+}

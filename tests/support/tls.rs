@@ -263,7 +263,7 @@ pub const TLS_ONLY_HBA: &str = "local all all trust\nhostssl all all 127.0.0.1/3
 /// not superuser), `pgveil_auth` with a SECURITY DEFINER lookup function
 /// (what `[auth] mode = "scram"` needs), and a table for an encrypted
 /// column.
-fn tls_setup_sql() -> String {
+pub fn tls_setup_sql() -> String {
     format!(
         "CREATE ROLE app LOGIN PASSWORD '{TLS_APP_PASSWORD}';
          CREATE ROLE pgveil_auth LOGIN PASSWORD '{TLS_AUTH_PASSWORD}';

@@ -78,6 +78,14 @@ impl ErrorResponse {
     }
 }
 
+/// One field (`C` code, `M` message...) of an ErrorResponse or
+/// NoticeResponse body (the bytes after the 5-byte header).
+pub fn field(body: &[u8], tag: u8) -> Option<String> {
+    body.split(|b| *b == 0)
+        .find(|f| f.first() == Some(&tag))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+}
+
 fn encode_minimal(buf: &mut BytesMut, severity: &str, code: &str) {
     let message = "pgveil: error message too long";
     let fields = [

@@ -109,6 +109,9 @@ struct Decoder {
     keyring: Option<Arc<Keyring>>,
     /// Per column: its `values_decrypted_total` counter, looked up once.
     counters: Vec<Option<prometheus::IntCounter>>,
+    /// Per column with several stored forms: its
+    /// `plaintext_values_read_total` counter.
+    plain_counters: Vec<Option<prometheus::IntCounter>>,
 }
 
 impl Decoder {
@@ -128,10 +131,22 @@ impl Decoder {
                 })
             })
             .collect();
+        let plain_counters = columns
+            .iter()
+            .map(|c| {
+                c.as_ref().filter(|(e, _)| e.forms > 1).map(|(e, _)| {
+                    veil.shared
+                        .metrics
+                        .plaintext_values_read_total
+                        .with_label_values(&[&e.id.to_string()])
+                })
+            })
+            .collect();
         Decoder {
             columns,
             keyring,
             counters,
+            plain_counters,
         }
     }
 }
@@ -1824,11 +1839,9 @@ fn decrypt_row(
                     }
                     Ok((plain, true)) => {
                         // A row `pgveil migrate encrypt` has not reached yet.
-                        veil.shared
-                            .metrics
-                            .plaintext_values_read_total
-                            .with_label_values(&[&name()])
-                            .inc();
+                        if let Some(Some(c)) = decoder.plain_counters.get(i) {
+                            c.inc();
+                        }
                         put(&mut out, Some(&plain));
                     }
                     Err(e) => {
