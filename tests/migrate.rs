@@ -24,7 +24,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use support::{PASSWORD, PgCluster, Proxy, cluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -235,16 +235,7 @@ async fn forms(c: &Client, table: &str, column: &str) -> (i64, i64, i64, i64) {
 
 /// Sum of a metric family's series on pgveil's metrics endpoint.
 async fn metric_sum(port: u16, family: &str) -> f64 {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    within(10, "metrics", s.read_to_string(&mut text))
-        .await
-        .unwrap();
+    let text = support::metrics_text(port).await;
     text.lines()
         .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))

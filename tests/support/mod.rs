@@ -490,8 +490,8 @@ fn remove_stale_logs(dir: &Path, name: &str) {
     }
 }
 
-/// The value of one Prometheus series on a metrics endpoint (0 if absent).
-pub async fn metric(port: u16, series: &str) -> f64 {
+/// The text of a metrics endpoint's `/metrics`.
+pub async fn metrics_text(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -500,8 +500,19 @@ pub async fn metric(port: u16, series: &str) -> f64 {
         .await
         .unwrap();
     let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text.lines()
+    let read = s.read_to_string(&mut text);
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    text
+}
+
+/// The value of one Prometheus series on a metrics endpoint (0 if absent).
+pub async fn metric(port: u16, series: &str) -> f64 {
+    metrics_text(port)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
