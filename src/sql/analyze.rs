@@ -24,6 +24,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
+use super::referee::{self, Facts, Referee};
 use super::refusal::Refusal;
 use super::source::{Source, same_token, snippet_tokens};
 use crate::catalog::{Catalog, Encrypted, Relation, RelationKind, StorageState};
@@ -136,6 +137,23 @@ impl Watched {
         Watched {
             names,
             columns: columns.to_vec(),
+        }
+    }
+
+    /// Whether `text` names anything watched, by PostgreSQL's lexer: an
+    /// identifier or keyword equal to a watched name, or a Unicode-escaped
+    /// identifier. Constants and comments are not names, except where the
+    /// text holds code in strings (`DO`, function bodies), whose words count
+    /// too; a text the lexer cannot read is judged by its words.
+    pub fn named_in(&self, text: &str) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        match referee::scan_names(text, |w| {
+            self.names.iter().any(|n| n == w) || referee::refused_function(w)
+        }) {
+            Some(scan) => scan.hit || (scan.bodies && self.mentioned_in(text)),
+            None => self.mentioned_in(text),
         }
     }
 
@@ -274,6 +292,8 @@ struct Ctx<'c, 'a> {
     derived_params: std::collections::HashSet<usize>,
     /// Inside DDL that stores its expressions (view, index predicate).
     in_ddl: bool,
+    /// Relations joined with `USING`, whose `*` PostgreSQL reorders.
+    using_rels: Vec<String>,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -361,12 +381,23 @@ pub fn analyze(
         return unparsed();
     };
     let ranges = source.statements();
-    if ranges.len() != statements.len() {
+    let Ok(referee) = referee::examine(text) else {
         return unparsed();
+    };
+    if ranges.len() != statements.len() || !same_statements(&ranges, &referee) {
+        return Analysis {
+            refusal: Some(disagreement("where its statements begin and end")),
+            ..Analysis::default()
+        };
     }
     let mut analysis = Analysis::default();
-    for (stmt, range) in statements.iter().zip(ranges) {
+    let mut after_ddl = false;
+    for ((stmt, range), facts) in statements.iter().zip(ranges).zip(&referee.statements) {
         let stmt_text = &text[range.clone()];
+        if let Err(r) = referee_checks(facts, configured, after_ddl) {
+            analysis.refusal = Some(r);
+            break;
+        }
         if let Statement::Deallocate { name, .. } = stmt {
             let target = if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
                 None
@@ -381,7 +412,7 @@ pub fn analyze(
             continue;
         }
         let names_prepared = matches!(stmt, Statement::Execute { name: Some(_), .. });
-        if !names_prepared && !watched.mentioned_in(stmt_text) {
+        if !names_prepared && !watched.named_in(stmt_text) {
             analysis.statements.push(StatementPlan {
                 range,
                 refresh_catalog: is_ddl(stmt),
@@ -409,8 +440,17 @@ pub fn analyze(
             placeholders: HashMap::new(),
             derived_params: std::collections::HashSet::new(),
             in_ddl: false,
+            using_rels: Vec::new(),
         };
+        if is_ddl(stmt) || facts.kind.starts_with("Alter") || facts.kind == "RenameStmt" {
+            after_ddl = true;
+        }
+        if let Err(r) = stored_expressions(facts, watched) {
+            analysis.refusal = Some(r);
+            break;
+        }
         let result = ctx.statement(stmt).and_then(|outputs| {
+            agree(&source, stmt, facts, watched, range.clone())?;
             if let Some(outs) = &outputs {
                 for o in outs {
                     match &o.class {
@@ -514,6 +554,7 @@ pub fn view_columns(
         placeholders: HashMap::new(),
         derived_params: std::collections::HashSet::new(),
         in_ddl: false,
+        using_rels: Vec::new(),
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -531,6 +572,205 @@ pub fn view_columns(
             _ => None,
         })
         .collect())
+}
+
+/// A refusal for a statement sqlparser and PostgreSQL read differently.
+fn disagreement(what: &str) -> Refusal {
+    Refusal::general(
+        format!(
+            "pgveil's analyzer and PostgreSQL's parser read this statement differently ({what}); \
+             pgveil does not guess"
+        ),
+        "unparsed",
+    )
+}
+
+/// Whether sqlparser's statements start and end where PostgreSQL's do.
+fn same_statements(ranges: &[Range<usize>], referee: &Referee) -> bool {
+    ranges.len() == referee.statements.len()
+        && ranges
+            .iter()
+            .zip(&referee.statements)
+            .all(|(a, f)| *a == f.range)
+}
+
+/// Checks that need only PostgreSQL's reading of a statement: functions
+/// that read tables without naming them, renames of schemas holding
+/// configured tables, and statements that follow DDL in the same Query
+/// (they would be judged against a catalog the DDL has changed).
+fn referee_checks(facts: &Facts, configured: &[(String, String)], after_ddl: bool) -> R<()> {
+    if let Some(f) = facts
+        .functions
+        .iter()
+        .find(|f| referee::refused_function(f))
+    {
+        return Err(Refusal::general(
+            format!(
+                "function {f} runs SQL given as a string or reads whole tables, schemas or \
+                 databases, which would return ciphertext (see docs/SQL.md)"
+            ),
+            "function",
+        ));
+    }
+    if let Some(s) = facts
+        .renamed_schemas
+        .iter()
+        .find(|s| configured.iter().any(|(cs, _)| cs == *s))
+    {
+        return Err(Refusal::general(
+            format!(
+                "renaming schema {s}, which holds configured tables (change proxy.toml together \
+                 with the schema, then reload)"
+            ),
+            "unsupported",
+        ));
+    }
+    if after_ddl && (!facts.relations.is_empty() || !facts.prepared.is_empty()) {
+        return Err(Refusal::general(
+            "a statement after DDL on encrypted tables in the same Query or pipeline; send the \
+             DDL on its own and wait for its result",
+            "catalog",
+        ));
+    }
+    Ok(())
+}
+
+/// DDL whose expressions the catalog stores (CHECK, generated columns,
+/// index expressions and predicates, statistics expressions, partition
+/// keys and bounds) over encrypted columns of the relations it names: they
+/// would run on ciphertext, and their literals would be stored in
+/// plaintext. Refused; plain column lists (keys, UNIQUE, statistics on
+/// columns, `EXCLUDE (col WITH =)`) compare ciphertext for equality and pass.
+fn stored_expressions(facts: &Facts, watched: &Watched) -> R<()> {
+    const DDL: [&str; 5] = [
+        "CreateStmt",
+        "AlterTableStmt",
+        "IndexStmt",
+        "CreateStatsStmt",
+        "CreateSchemaStmt",
+    ];
+    if !DDL.contains(&facts.kind.as_str()) {
+        return Ok(());
+    }
+    let encrypted: Vec<&(String, String, String)> = watched
+        .columns
+        .iter()
+        .filter(|(_, t, _)| facts.relations.iter().any(|r| r.name == *t))
+        .collect();
+    let named = |c: &String| encrypted.iter().find(|(_, _, col)| col == c);
+    let refuse = |(s, t, c): &&(String, String, String), what: &str| {
+        Err(Refusal::on_column(
+            &format!("{s}.{t}.{c}"),
+            what,
+            "unsupported",
+        ))
+    };
+    if let Some(col) = facts.stored_columns.iter().find_map(named) {
+        return refuse(
+            col,
+            "an expression stored in the catalog (CHECK, generated column, EXCLUDE ... WHERE, \
+             index or statistics expression: it would run on ciphertext and store its literals \
+             in plaintext)",
+        );
+    }
+    if let Some(col) = facts.partition_keys.iter().find_map(named) {
+        return refuse(col, "a partition key (bounds would be plaintext)");
+    }
+    if facts.partition_strings && !encrypted.is_empty() {
+        return Err(Refusal::general(
+            "a partition bound with string constants on a table with encrypted columns (pgveil \
+             does not know the partition key, and a bound on an encrypted key would be stored \
+             in plaintext)",
+            "unsupported",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a sqlparser token is a constant (any form of string, a number).
+fn is_constant_token(t: &Token) -> bool {
+    matches!(
+        t,
+        Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
+}
+
+/// Checks that sqlparser reads an analysed statement as PostgreSQL does:
+/// the same constants and parameters at the same bytes, and every watched
+/// relation PostgreSQL sees also seen by sqlparser.
+fn agree(
+    source: &Source<'_>,
+    stmt: &Statement,
+    facts: &Facts,
+    watched: &Watched,
+    range: Range<usize>,
+) -> R<()> {
+    let inside = source
+        .tokens
+        .iter()
+        .filter(|(_, r)| r.start >= range.start && r.end <= range.end);
+    let mut literals = Vec::new();
+    let mut params = Vec::new();
+    for (t, r) in inside {
+        if matches!(t, Token::Placeholder(_)) {
+            params.push(r.clone());
+        } else if is_constant_token(t) {
+            literals.push(r.clone());
+        }
+    }
+    if literals != facts.literals {
+        return Err(disagreement("where its constants are"));
+    }
+    if params != facts.params {
+        return Err(disagreement("where its parameters are"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut see = |r: &ObjectName| {
+        if let Some(last) = name_parts(r).last() {
+            seen.insert(last.clone());
+        }
+    };
+    let _ = sqlparser::ast::visit_relations(stmt, |r| {
+        see(r);
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    match stmt {
+        Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            ..
+        } => see(table_name),
+        Statement::CreateTable(ct) => {
+            for parent in ct.inherits.iter().flatten() {
+                see(parent);
+            }
+        }
+        _ => {}
+    }
+    if let Some(missed) = facts
+        .relations
+        .iter()
+        .find(|r| watched.names.contains(&r.name) && !seen.contains(&r.name))
+    {
+        return Err(disagreement(&format!("whether it names {}", missed.name)));
+    }
+    Ok(())
 }
 
 fn is_ddl(stmt: &Statement) -> bool {
@@ -1610,6 +1850,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     self.predicate(e, &scope)?;
                 }
                 JoinConstraint::Using(cols) => {
+                    self.using_rels.extend(rels.iter().map(|r| r.name.clone()));
                     let n = rels.len();
                     for c in cols {
                         let parts = name_parts(c);
@@ -2064,6 +2305,15 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     });
                 }
                 SelectItem::Wildcard(_) => {
+                    let merged = scope.rels.iter().any(|r| self.using_rels.contains(&r.name));
+                    if merged && scope.rels.iter().any(has_encrypted) {
+                        // PostgreSQL puts the merged USING columns first and
+                        // drops the duplicates; pgveil does not model that.
+                        return Err(Refusal::general(
+                            "`*` over a JOIN ... USING with encrypted columns (list the columns)",
+                            "unsupported",
+                        ));
+                    }
                     for rel in &scope.rels {
                         wildcard(rel, &mut outs)?;
                     }
@@ -2115,6 +2365,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             } else {
                 Class::Plain
             };
+            self.mark_plain(&class);
             if let Class::Enc { col, .. } = class {
                 return Err(refuse_col(&col, "ORDER BY", "order"));
             }
@@ -2201,11 +2452,30 @@ impl<'c, 'a> Ctx<'c, 'a> {
             if has_other && qualifier.is_none() {
                 unknown_nearer = true;
             }
-            if qualifier.is_some()
-                && s.rels
-                    .iter()
-                    .any(|r| qualifier.and_then(|q| q.last()) == Some(&r.name))
-            {
+            let named = s
+                .rels
+                .iter()
+                .filter(|r| qualifier.and_then(|q| q.last()) == Some(&r.name));
+            let mut named = named.peekable();
+            if qualifier.is_some() && named.peek().is_some() {
+                // The relation is there but has no column of that name as
+                // pgveil names its outputs: where it also has encrypted
+                // outputs, pgveil may have named one differently from
+                // PostgreSQL, so it does not guess.
+                if named.any(|r| match &r.source {
+                    RelSource::Derived(outs) => {
+                        outs.iter().any(|o| matches!(o.class, Class::Enc { .. }))
+                    }
+                    _ => false,
+                }) {
+                    return Err(Refusal::general(
+                        format!(
+                            "column {col} of a derived table with encrypted columns that pgveil \
+                             cannot identify"
+                        ),
+                        "unsupported",
+                    ));
+                }
                 return Ok(Some(Class::Plain));
             }
             level = s.parent;
@@ -2255,11 +2525,36 @@ impl<'c, 'a> Ctx<'c, 'a> {
     }
 
     /// Equality-like comparison of two classes.
+    /// Records that a value is used as plaintext (compared, ordered or
+    /// transformed without an encrypted column): a literal or parameter
+    /// that is also encrypted for an encrypted column is then refused
+    /// (one role per value).
+    fn mark_plain(&mut self, class: &Class) {
+        match class {
+            Class::Lits(ls) => self.plain_uses.extend(ls.iter().map(|l| l.range.clone())),
+            Class::Params(ns, _) => self.plain_params.extend(ns.iter().copied()),
+            _ => {}
+        }
+    }
+
+    /// An expression whose value is used as plaintext.
+    fn plain_expr(&mut self, e: &Expr, scope: &Scope<'_, 'c>) -> R<Class> {
+        let class = self.expr(e, scope)?;
+        self.mark_plain(&class);
+        Ok(class)
+    }
+
     fn compare(&mut self, l: Class, r: Class, op: &str) -> R<()> {
         // Which side the column is on decides how several stored forms of a
         // value can be matched (`col = ANY(forms)` exists, `forms = col`
         // does not).
         let enc_left = matches!(l, Class::Enc { .. });
+        if !enc_left && !matches!(r, Class::Enc { .. }) {
+            // Neither side is encrypted: values on both are used as plaintext.
+            self.mark_plain(&l);
+            self.mark_plain(&r);
+            return Ok(());
+        }
         match (l, r) {
             (Class::Enc { col: a, direct: da }, Class::Enc { col: b, direct: db }) => {
                 if a.domain != b.domain || a.storage != b.storage {
@@ -2486,6 +2781,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                         Ok(Class::Plain)
                     }
                     BinaryOperator::And | BinaryOperator::Or => {
+                        self.mark_plain(&l);
+                        self.mark_plain(&r);
                         for c in [l, r] {
                             if let Class::Enc { col, .. } = c {
                                 return Err(refuse_col(&col, format!("`{op}`"), "function"));
@@ -2509,6 +2806,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
                             | BinaryOperator::PGNotILikeMatch => "pattern",
                             _ => "function",
                         };
+                        self.mark_plain(&l);
+                        self.mark_plain(&r);
                         for c in [l, r] {
                             if let Class::Enc { col, .. } = c {
                                 return Err(refuse_col(
@@ -2668,7 +2967,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 expr, low, high, ..
             } => {
                 for x in [expr, low, high] {
-                    if let Class::Enc { col, .. } = self.expr(x, scope)? {
+                    let class = self.expr(x, scope)?;
+                    self.mark_plain(&class);
+                    if let Class::Enc { col, .. } = class {
                         return Err(refuse_col(&col, "BETWEEN", "order"));
                     }
                 }
@@ -2679,7 +2980,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
             | Expr::SimilarTo { expr, pattern, .. }
             | Expr::RLike { expr, pattern, .. } => {
                 for x in [expr, pattern] {
-                    if let Class::Enc { col, .. } = self.expr(x, scope)? {
+                    let class = self.expr(x, scope)?;
+                    self.mark_plain(&class);
+                    if let Class::Enc { col, .. } = class {
                         return Err(refuse_col(
                             &col,
                             "pattern matching (LIKE, ILIKE, SIMILAR TO, regex)",
@@ -2741,9 +3044,12 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     let casts = sites;
                     Ok(Class::Params(ns, casts))
                 }
-                _ => Ok(Class::Plain),
+                other => {
+                    self.mark_plain(&other);
+                    Ok(Class::Plain)
+                }
             },
-            Expr::UnaryOp { op, expr } => match self.expr(expr, scope)? {
+            Expr::UnaryOp { op, expr } => match self.plain_expr(expr, scope)? {
                 Class::Enc { col, .. } => {
                     Err(refuse_col(&col, format!("operator `{op}`"), "function"))
                 }
@@ -2828,7 +3134,11 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     ));
                 }
                 for a in args {
-                    if let Class::Enc { col, .. } = self.expr(a, scope)?
+                    let class = self.expr(a, scope)?;
+                    if bare != "count" {
+                        self.mark_plain(&class);
+                    }
+                    if let Class::Enc { col, .. } = class
                         && bare != "count"
                     {
                         return Err(refuse_col(&col, format!("function {bare}()"), "function"));
@@ -2852,6 +3162,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     match &op_class {
                         Some(oc) => self.compare(oc.clone(), c, "CASE WHEN")?,
                         None => {
+                            self.mark_plain(&c);
                             if let Class::Enc { col, .. } = c {
                                 return Err(refuse_col(
                                     &col,
@@ -2861,10 +3172,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                             }
                         }
                     }
-                    results.push(self.expr(&w.result, scope)?);
+                    results.push(self.plain_expr(&w.result, scope)?);
                 }
                 if let Some(e) = else_result {
-                    results.push(self.expr(e, scope)?);
+                    results.push(self.plain_expr(e, scope)?);
                 }
                 for r in results {
                     if let Class::Enc { col, .. } = r {
@@ -2889,7 +3200,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             }
             Expr::Array(a) => {
                 for el in &a.elem {
-                    if let Class::Enc { col, .. } = self.expr(el, scope)? {
+                    if let Class::Enc { col, .. } = self.plain_expr(el, scope)? {
                         return Err(refuse_col(&col, "an array of it", "function"));
                     }
                 }
@@ -2976,11 +3287,73 @@ fn is_default(e: &Expr) -> bool {
     matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
 }
 
+/// The name PostgreSQL gives a select-list expression without an alias
+/// (its `FigureColname`): a column's name through parentheses, casts and
+/// `COLLATE`, a function's name, a scalar subquery's first column, or a
+/// keyword for other forms; `?column?` when none applies.
 fn expr_name(e: &Expr) -> String {
+    figure_name(e).map_or_else(|| "?column?".into(), |(name, _)| name)
+}
+
+/// A name and whether it is strong (a column, function or subquery name)
+/// rather than a cast's type name, which a stronger inner name overrides.
+fn figure_name(e: &Expr) -> Option<(String, bool)> {
+    let keyword = |k: &str| Some((k.to_string(), true));
     match e {
-        Expr::Identifier(i) => norm(i),
-        Expr::CompoundIdentifier(p) => p.last().map(norm).unwrap_or_default(),
-        _ => "?column?".into(),
+        Expr::Identifier(i) => Some((norm(i), true)),
+        Expr::CompoundIdentifier(p) => p.last().map(|i| (norm(i), true)),
+        Expr::Nested(inner) | Expr::Collate { expr: inner, .. } => figure_name(inner),
+        Expr::Cast {
+            expr, data_type, ..
+        } => match figure_name(expr) {
+            Some((n, true)) => Some((n, true)),
+            _ => Some((cast_type_name(&data_type.to_string()), false)),
+        },
+        Expr::Function(f) => name_parts(&f.name).last().map(|n| (n.clone(), true)),
+        Expr::Subquery(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => match s.projection.first() {
+                Some(SelectItem::ExprWithAlias { alias, .. }) => Some((norm(alias), true)),
+                Some(SelectItem::UnnamedExpr(inner)) => figure_name(inner),
+                _ => None,
+            },
+            _ => None,
+        },
+        Expr::Case { .. } => keyword("case"),
+        Expr::Exists { .. } => keyword("exists"),
+        Expr::Array(_) => keyword("array"),
+        Expr::Tuple(_) => keyword("row"),
+        Expr::Substring { .. } => keyword("substring"),
+        Expr::Trim { .. } => keyword("btrim"),
+        Expr::Position { .. } => keyword("position"),
+        Expr::Extract { .. } => keyword("extract"),
+        _ => None,
+    }
+}
+
+/// The name PostgreSQL reports for a cast's type (`int4` for `integer`).
+fn cast_type_name(written: &str) -> String {
+    let base = written
+        .split('(')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase();
+    let last = base.rsplit('.').next().unwrap_or_default().to_string();
+    match last.as_str() {
+        "integer" | "int" => "int4".into(),
+        "smallint" => "int2".into(),
+        "bigint" => "int8".into(),
+        "real" => "float4".into(),
+        "double precision" | "float" => "float8".into(),
+        "boolean" => "bool".into(),
+        "character varying" => "varchar".into(),
+        "character" | "char" => "bpchar".into(),
+        "decimal" => "numeric".into(),
+        "timestamp with time zone" => "timestamptz".into(),
+        "timestamp without time zone" | "timestamp" => "timestamp".into(),
+        "time with time zone" => "timetz".into(),
+        "time without time zone" => "time".into(),
+        other => other.to_string(),
     }
 }
 
@@ -3027,6 +3400,15 @@ fn relation_outputs(r: &Relation) -> R<Vec<Out>> {
             },
         })
         .collect())
+}
+
+/// Whether a relation in scope exposes an encrypted column.
+fn has_encrypted(rel: &Rel<'_>) -> bool {
+    match &rel.source {
+        RelSource::Catalog(r) => r.columns.iter().any(|c| c.encrypted.is_some()),
+        RelSource::Derived(outs) => outs.iter().any(|o| matches!(o.class, Class::Enc { .. })),
+        RelSource::Other => false,
+    }
 }
 
 fn wildcard(rel: &Rel<'_>, outs: &mut Vec<Out>) -> R<()> {

@@ -5,11 +5,14 @@
 //! - [`scan`]: the cheap test that lets most statements pass unparsed.
 //! - [`source`]: tokens with byte offsets, so literals can be spliced.
 //! - [`analyze`]: the fail-closed analyzer.
+//! - [`referee`]: PostgreSQL's own lexer and parser, against which the
+//!   analyzer's reading is checked.
 //! - [`refusal`]: why a statement is refused, and how the refusal reaches
 //!   the client through the database itself.
 //! - [`rewrite`]: splicing ciphertext literals into the original text.
 
 pub mod analyze;
+pub mod referee;
 pub mod refusal;
 pub mod rewrite;
 pub mod scan;

@@ -1,17 +1,35 @@
 //! The fast path: most statements of a CRM never name an encrypted table,
-//! and they pass without a parse. The scan errs only toward analysis: any
-//! word equal to a watched name (configured table, view over one, encrypted
-//! column, SQL-level prepared statement or cursor created from such SQL),
-//! or a Unicode-escaped identifier it cannot read, sends the statement to
-//! the analyzer.
+//! and they pass without a parse. The scan uses PostgreSQL's own lexer and
+//! errs only toward analysis: any identifier or keyword equal to a watched
+//! name (configured table, view over one, encrypted column, prepared
+//! statement or cursor created from such SQL, a function that reads tables
+//! it does not name), or a Unicode-escaped identifier, sends the statement
+//! to the analyzer. Constants and comments are not names, except in text
+//! that holds code in strings (`DO`, function bodies), where every word
+//! counts; text PostgreSQL's lexer cannot read is judged by its words.
 
 use super::analyze::Watched;
+use super::referee;
 
 /// Whether `text` must be analysed.
 pub fn needs_analysis(text: &str, watched: &Watched, tainted: &[String]) -> bool {
     if watched.names.is_empty() && tainted.is_empty() {
         return false;
     }
+    let named = |w: &str| {
+        watched.names.iter().any(|n| n == w)
+            || tainted.iter().any(|n| n == w)
+            || referee::refused_function(w)
+    };
+    match referee::scan_names(text, named) {
+        Some(scan) => scan.hit || (scan.bodies && words_hit(text, watched, tainted)),
+        None => words_hit(text, watched, tainted),
+    }
+}
+
+/// Whether any watched or tainted name occurs as a word anywhere in `text`
+/// (strings and comments included).
+fn words_hit(text: &str, watched: &Watched, tainted: &[String]) -> bool {
     let lower = text.to_lowercase();
     if lower.contains("u&\"") {
         return true;
@@ -51,6 +69,30 @@ mod tests {
         ] {
             assert!(needs_analysis(sql, &watched(), &[]), "{sql}");
         }
+    }
+
+    #[test]
+    fn strings_and_comments_are_not_names_outside_code_bodies() {
+        assert!(!needs_analysis(
+            "NOTIFY c, 'email changed' -- customers",
+            &watched(),
+            &[]
+        ));
+        assert!(needs_analysis(
+            "DO $$ BEGIN DELETE FROM customers; END $$",
+            &watched(),
+            &[]
+        ));
+        assert!(needs_analysis(
+            "select 'unterminated customers",
+            &watched(),
+            &[]
+        ));
+        assert!(needs_analysis(
+            "select schema_to_xml('crm', true, false, '')",
+            &watched(),
+            &[]
+        ));
     }
 
     #[test]

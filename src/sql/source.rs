@@ -146,44 +146,6 @@ impl<'a> Source<'a> {
     }
 }
 
-/// The statement with every literal replaced by `?` and whitespace
-/// collapsed: identifies a statement's shape in logs without any value.
-pub fn fingerprint(text: &str) -> String {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, text).tokenize() else {
-        return "<unparsable>".to_string();
-    };
-    let mut out = String::with_capacity(text.len().min(512));
-    for t in tokens {
-        let piece = match &t {
-            Token::Whitespace(_) => {
-                if !out.ends_with(' ') && !out.is_empty() {
-                    out.push(' ');
-                }
-                continue;
-            }
-            Token::Number(..)
-            | Token::SingleQuotedString(_)
-            | Token::DoubleQuotedByteStringLiteral(_)
-            | Token::SingleQuotedByteStringLiteral(_)
-            | Token::DollarQuotedString(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-            | Token::NationalStringLiteral(_)
-            | Token::HexStringLiteral(_)
-            | Token::TripleSingleQuotedString(_)
-            | Token::TripleDoubleQuotedString(_) => "?".to_string(),
-            other => other.to_string(),
-        };
-        out.push_str(&piece);
-        if out.len() > 1024 {
-            out.push_str("...");
-            break;
-        }
-    }
-    out.trim().to_string()
-}
-
 /// Tokens of a standalone snippet (a type name), for comparison.
 pub fn snippet_tokens(text: &str) -> Option<Vec<Token>> {
     let dialect = PostgreSqlDialect {};
@@ -226,14 +188,6 @@ mod tests {
         assert_eq!(lits, vec!["'é'", "'ü'"]);
         let stmts: Vec<&str> = s.statements().iter().map(|r| &text[r.clone()]).collect();
         assert_eq!(stmts, vec!["select 'é',\n  'ü'", "select 2"]);
-    }
-
-    #[test]
-    fn fingerprint_has_no_values() {
-        let f = fingerprint("SELECT * FROM c WHERE email = 'ada@x' AND id IN (1, 2) -- x");
-        assert!(!f.contains("ada"), "{f}");
-        assert!(f.contains("email = ?"), "{f}");
-        assert!(f.contains("IN (?, ?)"), "{f}");
     }
 
     #[test]

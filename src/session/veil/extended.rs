@@ -161,6 +161,18 @@ pub(super) struct Extended {
     /// A Parse in this batch may change `standard_conforming_strings` or
     /// `client_encoding`.
     pub settings_pending: bool,
+    /// DDL naming encrypted tables was parsed in this batch: until Sync,
+    /// the catalog statements are judged against may be out of date, so
+    /// statements naming any relation are refused.
+    pub ddl_pending: bool,
+}
+
+/// Whether a statement names any relation (or cannot be read), by
+/// PostgreSQL's parser.
+fn names_relations(text: &str) -> bool {
+    crate::sql::referee::examine(text)
+        .map(|r| r.statements.iter().any(|f| !f.relations.is_empty()))
+        .unwrap_or(true)
 }
 
 /// Queues a step unless the server is skipping messages until Sync.
@@ -268,6 +280,7 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
             if frame[0] == b'S' {
                 st.ext.skip_until_sync = false;
                 st.ext.in_batch = false;
+                st.ext.ddl_pending = false;
             } else if st.ext.skip_until_sync {
                 // A FunctionCall the server skips: no ReadyForQuery.
                 return Ok(BytesMut::from(frame));
@@ -360,7 +373,9 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     let watched = watched_for(veil, catalog.as_ref(), &enc);
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    let protocol = super::protocol_tainted(veil);
+    let mut tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    tainted.extend(protocol.iter().cloned());
     let text = parsed.query;
     let settings_pending = {
         let lower = text.to_ascii_lowercase();
@@ -372,6 +387,18 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         }
         pending
     };
+    if veil.state().ext.ddl_pending && names_relations(text) {
+        return Ok(refuse_parse(
+            veil,
+            parsed.name,
+            text,
+            Refusal::general(
+                "a statement after DDL on encrypted tables in the same pipeline; send Sync after \
+                 the DDL first",
+                "catalog",
+            ),
+        ));
+    }
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
@@ -426,6 +453,9 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     if let Some(r) = super::recheck_prepared(veil, text, &cat, &enc) {
         return refuse(r);
     }
+    if let Some(r) = super::names_protocol_statement(text, &protocol) {
+        return refuse(r);
+    }
     let (analysis, cat) = super::analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
     if analysis.stale {
         return refuse(Refusal::general(
@@ -441,6 +471,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     if analysis.statements.iter().any(|s| s.refresh_catalog) {
         shared.invalidate_catalog(&veil.key());
+        veil.state().ext.ddl_pending = true;
     }
     let encrypted = super::encrypt_edits(veil, &enc, text, &analysis.statements, &settings);
     let replacements = match encrypted.and_then(|r| match &analysis.refusal {

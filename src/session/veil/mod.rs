@@ -640,7 +640,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let changes_settings = changes_settings(&lower);
     veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    let protocol = protocol_tainted(veil);
+    let mut tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    tainted.extend(protocol.iter().cloned());
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
@@ -685,6 +687,9 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, None, started));
     };
+    if let Some(r) = names_protocol_statement(text, &protocol) {
+        return Ok(refuse(veil, text, &[], r, Some(cat), started));
+    }
     if let Some(r) = recheck_prepared(veil, text, &cat, &enc) {
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
@@ -787,6 +792,46 @@ async fn on_query<W: AsyncWrite + Unpin>(
         Some(t) => query::encode(&t),
         None => BytesMut::from(frame),
     })
+}
+
+/// Names of statements prepared through the extended protocol over
+/// encrypted columns. SQL `EXECUTE` can run them (PostgreSQL has one
+/// namespace for both), but their parameters are encrypted only at Bind.
+pub(super) fn protocol_tainted(veil: &Veil) -> Vec<String> {
+    let st = veil.state();
+    st.ext
+        .statements
+        .iter()
+        .filter(|(name, s)| !name.is_empty() && s.analyzed && !st.prepared.contains_key(*name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// A refusal when `text` names (as an identifier, anywhere, `EXPLAIN`
+/// included) a statement from [`protocol_tainted`].
+pub(super) fn names_protocol_statement(text: &str, protocol: &[String]) -> Option<Refusal> {
+    if protocol.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    let scan = crate::sql::referee::scan_names(text, |w| {
+        let hit = protocol.iter().find(|n| n.as_str() == w);
+        if hit.is_some() && found.is_none() {
+            found = hit.cloned();
+        }
+        hit.is_some()
+    });
+    if scan.is_some_and(|s| !s.hit) {
+        return None;
+    }
+    Some(Refusal::general(
+        format!(
+            "statement {} was prepared through the extended protocol over encrypted columns; run \
+             it with Bind and Execute, not with SQL EXECUTE",
+            found.unwrap_or_else(|| "(unreadable)".into())
+        ),
+        "unsupported",
+    ))
 }
 
 /// Whether a statement (lower-cased) may change how PostgreSQL reads
@@ -1103,7 +1148,7 @@ fn refuse(
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
           reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::source::fingerprint(text), "statement refused");
+          fingerprint = %crate::sql::referee::fingerprint(text, Some(before.len())), "statement refused");
     let (settings, standard_strings) = {
         let st = veil.state();
         (st.settings.clone(), st.standard_strings)
@@ -1177,7 +1222,7 @@ fn refusal_token(veil: &Veil, text: &str, refusal: Refusal, protocol: &str) -> S
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
           reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::source::fingerprint(text), "statement refused");
+          fingerprint = %crate::sql::referee::fingerprint(text, Some(0)), "statement refused");
     let mut token = [0u8; 12];
     let _ = getrandom::fill(&mut token);
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
@@ -1199,7 +1244,7 @@ fn passthrough_refusal(veil: &Veil, text: &str, r: &Refusal, protocol: &str) {
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
           reason = r.reason, column = r.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::source::fingerprint(text),
+          fingerprint = %crate::sql::referee::fingerprint(text, None),
           "statement would be refused; forwarded because policy.on_unsupported = passthrough");
     shared
         .metrics

@@ -1,0 +1,556 @@
+//! The referee: PostgreSQL's own lexer and parser (libpg_query, the
+//! PostgreSQL 18 grammar) say where statements begin and end, where every
+//! literal and parameter is, and what each statement references: relations,
+//! functions, prepared statements, cursors, schemas it renames.
+//!
+//! sqlparser stays the analyzer's parser, but it reads some text differently
+//! from PostgreSQL (lines after `COPY ... FROM STDIN;` become inline data,
+//! nested comments, string continuations, dialect corners). The analyzer
+//! compares its reading with the referee's and refuses any statement on
+//! which they disagree (`sql::analyze`), so a statement is never judged by a
+//! reading PostgreSQL does not share.
+//!
+//! Errors carry no text of the statement: libpg_query's messages quote the
+//! token at fault, which may be a customer's value.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use pg_query::protobuf::{KeywordKind, ObjectType, Token};
+use serde_json::Value;
+
+/// Why the referee could not read a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefereeError {
+    /// PostgreSQL's lexer rejects it (an unterminated quote, a NUL byte).
+    #[error("PostgreSQL's lexer cannot read the statement")]
+    Scan,
+    /// PostgreSQL's grammar rejects it.
+    #[error("PostgreSQL's parser cannot read the statement")]
+    Parse,
+    /// Its parse tree could not be walked (an internal limit).
+    #[error("the statement's parse tree cannot be read")]
+    Tree,
+}
+
+/// Functions that run SQL held in a string or read whole relations, schemas
+/// or databases: through them a statement reads encrypted tables without
+/// naming them. Refused in databases with configured tables.
+pub const REFUSED_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+];
+
+/// Whether a function name (folded, last part) is refused: the list above
+/// and the `dblink` extension's functions, which run SQL given as a string.
+pub fn refused_function(name: &str) -> bool {
+    REFUSED_FUNCTIONS.contains(&name) || name.starts_with("dblink")
+}
+
+/// A relation as written: `schema.name` or `name` (folded as PostgreSQL
+/// folds identifiers).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RelName {
+    /// The schema, when written.
+    pub schema: Option<String>,
+    /// The relation's name.
+    pub name: String,
+}
+
+/// What PostgreSQL's parser says about one statement.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// From its first token to its last (comments and the `;` excluded).
+    pub range: Range<usize>,
+    /// The statement's node kind (`SelectStmt`, `InsertStmt`, `CopyStmt`, ...).
+    pub kind: String,
+    /// Every node kind anywhere in its tree.
+    pub nodes: BTreeSet<String>,
+    /// Every relation it names (tables, views, CTE references, targets,
+    /// parents in `INHERITS` / `PARTITION OF`, ...).
+    pub relations: Vec<RelName>,
+    /// Every function it calls (last name part).
+    pub functions: Vec<String>,
+    /// Prepared statements it names (`PREPARE`, `EXECUTE`, `DEALLOCATE`).
+    pub prepared: Vec<String>,
+    /// Cursors it names (`DECLARE`, `FETCH`, `MOVE`, `CLOSE`).
+    pub cursors: Vec<String>,
+    /// Schemas it renames (`ALTER SCHEMA s RENAME TO ...`).
+    pub renamed_schemas: Vec<String>,
+    /// Columns named in its expressions (`ColumnRef`s, last part). In DDL
+    /// these are the expressions the catalog stores (CHECK, generated
+    /// columns, index expressions and predicates, statistics expressions).
+    pub column_refs: Vec<String>,
+    /// Columns named in expressions the catalog stores with DDL: CHECK and
+    /// generated-column expressions, `EXCLUDE ... WHERE`, index and
+    /// statistics expressions (not index predicates, which the analyzer
+    /// reads as conditions).
+    pub stored_columns: Vec<String>,
+    /// Columns a `PARTITION BY` names.
+    pub partition_keys: Vec<String>,
+    /// A partition bound (`FOR VALUES ...`) holds a string constant.
+    pub partition_strings: bool,
+    /// Byte ranges of its constants (strings of every form, numbers).
+    pub literals: Vec<Range<usize>>,
+    /// Byte ranges of its `$n` parameters.
+    pub params: Vec<Range<usize>>,
+}
+
+/// A lexical token of PostgreSQL's scanner.
+#[derive(Debug, Clone)]
+pub struct Tok {
+    /// Byte range in the text.
+    pub range: Range<usize>,
+    /// The scanner's token number (`pg_query::protobuf::Token`).
+    pub token: i32,
+    /// Whether it is a keyword of any kind (usable as a name where the
+    /// grammar allows).
+    pub keyword: bool,
+}
+
+/// PostgreSQL's reading of a whole text.
+#[derive(Debug, Clone, Default)]
+pub struct Referee {
+    /// Its statements, in order (empty statements are skipped, as
+    /// PostgreSQL skips them).
+    pub statements: Vec<Facts>,
+}
+
+/// Tokens of `text` by PostgreSQL's lexer, comments excluded.
+pub fn tokens(text: &str) -> Result<Vec<Tok>, RefereeError> {
+    let raw = pg_query::scan_tokens(text).map_err(|_| RefereeError::Scan)?;
+    let comment = [Token::SqlComment as i32, Token::CComment as i32];
+    let mut out = Vec::with_capacity(raw.len());
+    for t in raw {
+        if comment.contains(&t.token) {
+            continue;
+        }
+        let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
+            return Err(RefereeError::Scan);
+        };
+        if start > end || end > text.len() {
+            return Err(RefereeError::Scan);
+        }
+        out.push(Tok {
+            range: start..end,
+            token: t.token,
+            keyword: t.keyword_kind != KeywordKind::NoKeyword as i32,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a token is a constant: a string of any form, a bit string or a
+/// number.
+pub fn is_constant(token: i32) -> bool {
+    [
+        Token::Sconst,
+        Token::Usconst,
+        Token::Bconst,
+        Token::Xconst,
+        Token::Iconst,
+        Token::Fconst,
+    ]
+    .iter()
+    .any(|t| *t as i32 == token)
+}
+
+/// What a lexical scan of a text shows about the names in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NameScan {
+    /// A name matched the predicate, or a Unicode-escaped identifier
+    /// (`U&"..."`) hides one.
+    pub hit: bool,
+    /// The text holds code in strings (`DO`, `CREATE FUNCTION` /
+    /// `PROCEDURE` bodies): names in its strings matter too.
+    pub bodies: bool,
+}
+
+/// Scans the identifiers and keywords of `text` (folded as PostgreSQL folds
+/// them: unquoted ASCII lower-cased, quoted ones unquoted) with `matches`.
+/// Constants and comments are not names and are not offered. `None` when
+/// PostgreSQL's lexer cannot read the text.
+pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<NameScan> {
+    let raw = pg_query::scan_tokens(text).ok()?;
+    let mut scan = NameScan::default();
+    let mut folded = String::new();
+    for t in raw {
+        let is_name =
+            t.token == Token::Ident as i32 || t.keyword_kind != KeywordKind::NoKeyword as i32;
+        if t.token == Token::Uident as i32 {
+            scan.hit = true;
+            continue;
+        }
+        if [Token::Do, Token::Function, Token::Procedure]
+            .iter()
+            .any(|k| *k as i32 == t.token)
+        {
+            scan.bodies = true;
+        }
+        if !is_name {
+            continue;
+        }
+        let (Ok(a), Ok(b)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
+            return None;
+        };
+        let word = text.get(a..b)?;
+        folded.clear();
+        fold_identifier(word, &mut folded);
+        if matches(&folded) || (!word.starts_with('"') && matches(&word.to_lowercase())) {
+            scan.hit = true;
+        }
+    }
+    Some(scan)
+}
+
+/// An identifier as PostgreSQL folds it: `"Ab""c"` is `Ab"c`, `AbC` is `abc`
+/// (ASCII only, as in UTF-8 databases).
+fn fold_identifier(word: &str, out: &mut String) {
+    if let Some(inner) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        out.push_str(&inner.replace("\"\"", "\""));
+    } else {
+        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+    }
+}
+
+/// Reads `text` with PostgreSQL's lexer and parser.
+pub fn examine(text: &str) -> Result<Referee, RefereeError> {
+    let toks = tokens(text)?;
+    let parsed =
+        pg_query::parse(text, pg_query::ParserOptions::DEFAULT).map_err(|_| RefereeError::Parse)?;
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let start = usize::try_from(raw.stmt_location).map_err(|_| RefereeError::Tree)?;
+        let len = usize::try_from(raw.stmt_len).map_err(|_| RefereeError::Tree)?;
+        let end = if len == 0 { text.len() } else { start + len };
+        let inside: Vec<&Tok> = toks
+            .iter()
+            .filter(|t| t.range.start >= start && t.range.end <= end)
+            .filter(|t| t.token != Token::Ascii59 as i32)
+            .collect();
+        let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
+            return Err(RefereeError::Tree);
+        };
+        let mut facts = Facts {
+            range: first.range.start..last.range.end,
+            ..Facts::default()
+        };
+        for t in &inside {
+            if is_constant(t.token) {
+                facts.literals.push(t.range.clone());
+            } else if t.token == Token::Param as i32 {
+                facts.params.push(t.range.clone());
+            }
+        }
+        let Some(stmt) = raw.stmt.as_ref() else {
+            return Err(RefereeError::Tree);
+        };
+        let tree = serde_json::to_value(stmt.as_ref()).map_err(|_| RefereeError::Tree)?;
+        if let Some((kind, _)) = tree
+            .get("node")
+            .and_then(Value::as_object)
+            .and_then(|m| m.iter().next())
+        {
+            facts.kind = kind.clone();
+        }
+        walk(&tree, &mut facts, 0)?;
+        if matches!(facts.kind.as_str(), "CreateStmt" | "AlterTableStmt") {
+            // Typed fields hide the node kind: look for the bound by field.
+            facts.partition_strings = partition_bound_strings(&tree);
+        }
+        statements.push(facts);
+    }
+    Ok(Referee { statements })
+}
+
+/// Deepest tree walked; deeper statements are refused (PostgreSQL's own
+/// stack limit stops far shallower trees than serde_json's recursion).
+const MAX_DEPTH: usize = 2000;
+
+/// Collects every node kind and the references of interest, anywhere in
+/// the tree: the walk is generic, so no node kind can be missed.
+fn walk(v: &Value, facts: &mut Facts, depth: usize) -> Result<(), RefereeError> {
+    if depth > MAX_DEPTH {
+        return Err(RefereeError::Tree);
+    }
+    match v {
+        Value::Object(map) => {
+            // A node in a typed field (`InsertStmt.relation`, `CallStmt.funccall`)
+            // is serialised without its kind: recognise it by its fields.
+            if map.contains_key("relname") && map.contains_key("relpersistence") {
+                node("RangeVar", v, facts);
+            } else if map.contains_key("funcname") && map.contains_key("funcformat") {
+                node("FuncCall", v, facts);
+            }
+            for (key, child) in map {
+                if key.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    if !facts.nodes.contains(key) {
+                        facts.nodes.insert(key.clone());
+                    }
+                    if key != "RangeVar" && key != "FuncCall" {
+                        node(key, child, facts);
+                    }
+                }
+                walk(child, facts, depth + 1)?;
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                walk(child, facts, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether a `partbound` anywhere in the tree holds a string constant.
+fn partition_bound_strings(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => map.iter().any(|(k, child)| {
+            (matches!(k.as_str(), "partbound" | "bound" | "PartitionBoundSpec")
+                && child.to_string().contains("\"Sval\""))
+                || partition_bound_strings(child)
+        }),
+        Value::Array(items) => items.iter().any(partition_bound_strings),
+        _ => false,
+    }
+}
+
+/// The names of every `ColumnRef` under `v`.
+fn collect_columns(v: Option<&Value>, out: &mut Vec<String>) {
+    match v {
+        Some(Value::Object(map)) => {
+            for (k, child) in map {
+                if k == "ColumnRef" {
+                    if let Some(name) = last_name(child.get("fields")) {
+                        out.push(name);
+                    }
+                } else {
+                    collect_columns(Some(child), out);
+                }
+            }
+        }
+        Some(Value::Array(items)) => items.iter().for_each(|c| collect_columns(Some(c), out)),
+        _ => {}
+    }
+}
+
+fn text_field(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The last `String` of a name list (`funcname`, `defnames`).
+fn last_name(list: Option<&Value>) -> Option<String> {
+    list?
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.get("node")?.get("String")?.get("sval")?.as_str())
+        .next_back()
+        .map(str::to_string)
+}
+
+fn node(kind: &str, body: &Value, facts: &mut Facts) {
+    match kind {
+        "RangeVar" => {
+            let schema = text_field(body, "schemaname");
+            facts.relations.push(RelName {
+                schema: (!schema.is_empty()).then_some(schema),
+                name: text_field(body, "relname"),
+            });
+        }
+        "FuncCall" => {
+            if let Some(name) = last_name(body.get("funcname")) {
+                facts.functions.push(name);
+            }
+        }
+        "ExecuteStmt" | "PrepareStmt" | "DeallocateStmt" => {
+            facts.prepared.push(text_field(body, "name"));
+        }
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => {
+            facts.cursors.push(text_field(body, "portalname"));
+        }
+        "ColumnRef" => {
+            if let Some(name) = last_name(body.get("fields")) {
+                facts.column_refs.push(name);
+            }
+        }
+        "IndexElem" | "StatsElem" => collect_columns(body.get("expr"), &mut facts.stored_columns),
+        "Constraint" => {
+            collect_columns(body.get("raw_expr"), &mut facts.stored_columns);
+            collect_columns(body.get("where_clause"), &mut facts.stored_columns);
+        }
+        "PartitionElem" => {
+            collect_columns(body.get("expr"), &mut facts.stored_columns);
+            let name = text_field(body, "name");
+            if !name.is_empty() {
+                facts.partition_keys.push(name);
+            }
+        }
+        "RenameStmt" => {
+            let schema = ObjectType::ObjectSchema as i64;
+            if body.get("rename_type").and_then(Value::as_i64) == Some(schema) {
+                facts.renamed_schemas.push(text_field(body, "subname"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A statement's text for logs: PostgreSQL's own normalisation (every
+/// constant replaced by `$n`) of the statements up to and including
+/// `through` (an index), never anything after them; whatever the lexer
+/// still sees as a constant afterwards is masked too. `<unparsed>` where
+/// PostgreSQL's parser cannot read the text (nothing of it is shown).
+pub fn fingerprint(text: &str, through: Option<usize>) -> String {
+    let Ok(parts) = pg_query::split_with_scanner(text) else {
+        return "<unparsed>".to_string();
+    };
+    let last = through.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > last {
+            break;
+        }
+        let Ok(normal) = pg_query::normalize(part) else {
+            out.push("<unparsed>".to_string());
+            break;
+        };
+        out.push(mask_constants(normal.trim()));
+    }
+    let joined = out.join("; ");
+    let joined: String = joined.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.len() > 400 {
+        let mut cut = 400;
+        while !joined.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return format!("{}...", &joined[..cut]);
+    }
+    joined
+}
+
+/// Replaces every constant token left in a normalised statement with `?`
+/// (normalisation keeps some, such as type modifiers); on a lexer failure
+/// nothing is kept.
+fn mask_constants(text: &str) -> String {
+    let Ok(toks) = tokens(text) else {
+        return "<unparsed>".to_string();
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for t in toks.iter().filter(|t| is_constant(t.token)) {
+        out.push_str(text.get(at..t.range.start).unwrap_or_default());
+        out.push('?');
+        at = t.range.end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_where_postgresql_splits() {
+        let r = examine(
+            "COPY public.notes(body) FROM STDIN;\nINSERT INTO sales.accounts(company, owner_email) VALUES ('c', 'secret@x')",
+        )
+        .unwrap();
+        assert_eq!(r.statements.len(), 2);
+        assert_eq!(r.statements[1].kind, "InsertStmt");
+        assert_eq!(r.statements[1].literals.len(), 2);
+        assert!(r.statements[1].relations.contains(&RelName {
+            schema: Some("sales".into()),
+            name: "accounts".into()
+        }));
+    }
+
+    #[test]
+    fn finds_references_anywhere() {
+        let r = examine("EXPLAIN ANALYZE EXECUTE p('c', 'x')").unwrap();
+        assert_eq!(r.statements[0].prepared, vec!["p".to_string()]);
+        let r = examine("CREATE TABLE public.kid () INHERITS (sales.people)").unwrap();
+        assert!(r.statements[0].relations.iter().any(|n| n.name == "people"));
+        let r = examine("ALTER SCHEMA sales RENAME TO s2").unwrap();
+        assert_eq!(r.statements[0].renamed_schemas, vec!["sales".to_string()]);
+        let r = examine("select * from schema_to_xml('sales', true, false, '')").unwrap();
+        assert!(
+            r.statements[0]
+                .functions
+                .iter()
+                .any(|f| refused_function(f))
+        );
+        let r = examine("SELECT \"Ab\"\"c\".x FROM \"Ab\"\"c\"").unwrap();
+        assert_eq!(r.statements[0].relations[0].name, "Ab\"c");
+    }
+
+    #[test]
+    fn finds_what_ddl_stores() {
+        let r = examine("CREATE TABLE t (a text CHECK (contact_email <> 'x'))").unwrap();
+        assert_eq!(
+            r.statements[0].stored_columns,
+            vec!["contact_email".to_string()]
+        );
+        let r = examine("CREATE INDEX i ON t ((lower(email))) WHERE phone = 'x'").unwrap();
+        assert_eq!(r.statements[0].stored_columns, vec!["email".to_string()]);
+        let r = examine("CREATE TABLE p1 PARTITION OF sales.people FOR VALUES IN ('x')").unwrap();
+        assert!(r.statements[0].partition_strings);
+        let r =
+            examine("ALTER TABLE sales.people ATTACH PARTITION p1 FOR VALUES IN ('x')").unwrap();
+        assert!(r.statements[0].partition_strings);
+        let r = examine("CREATE TABLE p (a int, e text) PARTITION BY LIST (e)").unwrap();
+        assert_eq!(r.statements[0].partition_keys, vec!["e".to_string()]);
+        let r = examine("CREATE STATISTICS s ON id, contact_email FROM t").unwrap();
+        assert!(r.statements[0].column_refs.is_empty());
+        let r = examine("CREATE TABLE p2 PARTITION OF t FOR VALUES FROM (1) TO (5)").unwrap();
+        assert!(!r.statements[0].partition_strings);
+    }
+
+    #[test]
+    fn names_scan_skips_constants_and_comments() {
+        let hit = |sql: &str| scan_names(sql, |w| w == "email").unwrap();
+        assert!(!hit("NOTIFY people_changed, 'email updated'").hit);
+        assert!(!hit("select 1 -- email").hit);
+        assert!(hit("select \"email\" from x").hit);
+        assert!(hit("select EMAIL from x").hit);
+        assert!(hit("select 1 from U&\"\\0065mail\"").hit);
+        assert!(hit("DO $$ begin end $$").bodies);
+        assert!(scan_names("select 'unterminated", |_| false).is_none());
+    }
+
+    #[test]
+    fn fingerprint_has_no_values_and_stops_at_a_boundary() {
+        let f = fingerprint(
+            "SELECT * FROM c WHERE email = 'ada@x' AND id IN (1, 2)",
+            None,
+        );
+        assert!(!f.contains("ada"), "{f}");
+        assert!(f.contains("$1"), "{f}");
+        let f = fingerprint(
+            "COPY sales.people (id, email) FROM STDIN;\n1\tsecret@x\n\\.\n",
+            None,
+        );
+        assert!(!f.contains("secret"), "{f}");
+        let f = fingerprint("select 1; select 'secret'", Some(0));
+        assert!(!f.contains("secret"), "{f}");
+        let f = fingerprint("create table t (a varchar(20) default 'secret')", None);
+        assert!(!f.contains("secret") && !f.contains("20"), "{f}");
+    }
+}
