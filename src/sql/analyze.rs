@@ -120,6 +120,8 @@ pub struct Watched {
     pub names: Vec<String>,
     /// Configured columns as `(schema, table, column)`.
     pub columns: Vec<(String, String, String)>,
+    /// Schemas holding configured tables (a rename of one is refused).
+    pub schemas: Vec<String>,
 }
 
 impl Watched {
@@ -134,9 +136,13 @@ impl Watched {
         names.extend(columns.iter().map(|(_, _, c)| c.to_lowercase()));
         names.sort();
         names.dedup();
+        let mut schemas: Vec<String> = configured.iter().map(|(s, _)| s.clone()).collect();
+        schemas.sort();
+        schemas.dedup();
         Watched {
             names,
             columns: columns.to_vec(),
+            schemas,
         }
     }
 
@@ -411,7 +417,9 @@ pub fn analyze(
             });
             continue;
         }
-        let names_prepared = matches!(stmt, Statement::Execute { name: Some(_), .. });
+        // PostgreSQL's tree says whether a prepared statement is named
+        // anywhere (`EXPLAIN ANALYZE EXECUTE p`, `PREPARE`, `DEALLOCATE`).
+        let names_prepared = !facts.prepared.is_empty();
         if !names_prepared && !watched.named_in(stmt_text) {
             analysis.statements.push(StatementPlan {
                 range,
@@ -4158,6 +4166,14 @@ mod tests {
         let a = analyze(exec, &c, &w, &configured, &prepared);
         assert!(a.refusal.is_none(), "{:?}", a.refusal);
         assert_eq!(edit_texts(exec, &a), vec!["'a@x'"]);
+        for exec in [
+            "EXPLAIN ANALYZE EXECUTE f(1, 'a@x')",
+            "EXPLAIN (ANALYZE) EXECUTE f (1, 'a@x')",
+        ] {
+            let a = analyze(exec, &c, &w, &configured, &prepared);
+            assert!(a.refusal.is_none(), "{exec}: {:?}", a.refusal);
+            assert_eq!(edit_texts(exec, &a), vec!["'a@x'"], "{exec}");
+        }
         let a = analyze("EXECUTE f(1, lower('A'))", &c, &w, &configured, &prepared);
         assert!(a.refusal.is_some());
         let a = analyze("DEALLOCATE f", &c, &w, &configured, &prepared);

@@ -128,9 +128,24 @@ pub struct Referee {
     pub statements: Vec<Facts>,
 }
 
+/// PostgreSQL's lexer's tokens of `text`, comments included.
+///
+/// `pg_query::scan_tokens` builds a slice from the C result even when it
+/// holds no token (a null pointer): text with nothing but whitespace is
+/// answered here, without calling it.
+fn raw_tokens(text: &str) -> Option<Vec<pg_query::protobuf::ScanToken>> {
+    if text
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+    {
+        return Some(Vec::new());
+    }
+    pg_query::scan_tokens(text).ok()
+}
+
 /// Tokens of `text` by PostgreSQL's lexer, comments excluded.
 pub fn tokens(text: &str) -> Result<Vec<Tok>, RefereeError> {
-    let raw = pg_query::scan_tokens(text).map_err(|_| RefereeError::Scan)?;
+    let raw = raw_tokens(text).ok_or(RefereeError::Scan)?;
     let comment = [Token::SqlComment as i32, Token::CComment as i32];
     let mut out = Vec::with_capacity(raw.len());
     for t in raw {
@@ -176,6 +191,9 @@ pub struct NameScan {
     /// The text holds code in strings (`DO`, `CREATE FUNCTION` /
     /// `PROCEDURE` bodies): names in its strings matter too.
     pub bodies: bool,
+    /// The text holds the keyword `RENAME` (`ALTER SCHEMA s RENAME TO ...`
+    /// names a schema, not a table).
+    pub renames: bool,
 }
 
 /// Scans the identifiers and keywords of `text` (folded as PostgreSQL folds
@@ -183,7 +201,7 @@ pub struct NameScan {
 /// Constants and comments are not names and are not offered. `None` when
 /// PostgreSQL's lexer cannot read the text.
 pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<NameScan> {
-    let raw = pg_query::scan_tokens(text).ok()?;
+    let raw = raw_tokens(text)?;
     let mut scan = NameScan::default();
     let mut folded = String::new();
     for t in raw {
@@ -198,6 +216,9 @@ pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<N
             .any(|k| *k as i32 == t.token)
         {
             scan.bodies = true;
+        }
+        if t.token == Token::Rename as i32 {
+            scan.renames = true;
         }
         if !is_name {
             continue;
@@ -533,6 +554,14 @@ mod tests {
         assert!(hit("select 1 from U&\"\\0065mail\"").hit);
         assert!(hit("DO $$ begin end $$").bodies);
         assert!(scan_names("select 'unterminated", |_| false).is_none());
+        assert_eq!(scan_names(" \n", |_| true), Some(NameScan::default()));
+        assert!(examine("").unwrap().statements.is_empty());
+        assert!(
+            examine("/* only */ -- comments")
+                .unwrap()
+                .statements
+                .is_empty()
+        );
     }
 
     #[test]

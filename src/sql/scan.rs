@@ -22,9 +22,18 @@ pub fn needs_analysis(text: &str, watched: &Watched, tainted: &[String]) -> bool
             || referee::refused_function(w)
     };
     match referee::scan_names(text, named) {
-        Some(scan) => scan.hit || (scan.bodies && words_hit(text, watched, tainted)),
+        Some(scan) => {
+            scan.hit
+                || (scan.bodies && words_hit(text, watched, tainted))
+                || (scan.renames && names_schema(text, watched))
+        }
         None => words_hit(text, watched, tainted),
     }
+}
+
+/// Whether `text` names a schema holding configured tables.
+fn names_schema(text: &str, watched: &Watched) -> bool {
+    referee::scan_names(text, |w| watched.schemas.iter().any(|s| s == w)).is_none_or(|s| s.hit)
 }
 
 /// Whether any watched or tainted name occurs as a word anywhere in `text`
@@ -47,6 +56,7 @@ mod tests {
         Watched {
             names: vec!["customers".into(), "email".into()],
             columns: Vec::new(),
+            schemas: vec!["crm".into()],
         }
     }
 

@@ -64,6 +64,8 @@ pub const PLAINTEXT_MARKERS: &[&str] = &[
     "+44 20 7946 0999",
     "+1 212 555 0102",
     "Zoë Ångström-李",
+    // Every marker of tests/adversarial.rs starts with it.
+    "advsecret",
 ];
 
 /// A running PostgreSQL cluster.

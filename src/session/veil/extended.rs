@@ -373,9 +373,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     let watched = watched_for(veil, catalog.as_ref(), &enc);
     let prepared = veil.state().prepared.clone();
-    let protocol = super::protocol_tainted(veil);
-    let mut tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
-    tainted.extend(protocol.iter().cloned());
+    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
     let text = parsed.query;
     let settings_pending = {
         let lower = text.to_ascii_lowercase();
@@ -451,9 +449,6 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         ));
     };
     if let Some(r) = super::recheck_prepared(veil, text, &cat, &enc) {
-        return refuse(r);
-    }
-    if let Some(r) = super::names_protocol_statement(text, &protocol) {
         return refuse(r);
     }
     let (analysis, cat) = super::analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;

@@ -197,6 +197,9 @@ struct State {
     /// reload that changes encrypted columns, that statement may bind
     /// plaintext into one.
     unanalysed_prepare: bool,
+    /// Names of SQL prepared statements pgveil forwarded unanalysed (they
+    /// name nothing encrypted), so `EXECUTE` of them is known to be plain.
+    plain_prepared: std::collections::HashSet<String>,
 }
 
 /// A prepared statement to re-check: name, PREPARE text, edits, parameters.
@@ -299,6 +302,7 @@ pub async fn run(
             copy_out: None,
             desync: false,
             unanalysed_prepare: false,
+            plain_prepared: std::collections::HashSet::new(),
         }),
     };
     if String::from_utf8_lossy(startup_packet)
@@ -640,20 +644,24 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let changes_settings = changes_settings(&lower);
     veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
-    let protocol = protocol_tainted(veil);
-    let mut tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
-    tainted.extend(protocol.iter().cloned());
+    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
             .statements_total
             .with_label_values(&["simple", "passthrough"])
             .inc();
+        if let Some(r) = unknown_execute(veil, text, &lower) {
+            return Ok(refuse(veil, text, &[], r, catalog, started));
+        }
         if lower
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .any(|w| w == "prepare")
         {
-            veil.state().unanalysed_prepare = true;
+            let names = prepared_names(text);
+            let mut st = veil.state();
+            st.unanalysed_prepare = true;
+            st.plain_prepared.extend(names);
         }
         push_query(veil, Vec::new(), catalog, started);
         return Ok(BytesMut::from(frame));
@@ -687,10 +695,10 @@ async fn on_query<W: AsyncWrite + Unpin>(
         );
         return Ok(refuse(veil, text, &[], r, None, started));
     };
-    if let Some(r) = names_protocol_statement(text, &protocol) {
+    if let Some(r) = recheck_prepared(veil, text, &cat, &enc) {
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
-    if let Some(r) = recheck_prepared(veil, text, &cat, &enc) {
+    if let Some(r) = unknown_execute(veil, text, &lower) {
         return Ok(refuse(veil, text, &[], r, Some(cat), started));
     }
     let (analysis, cat) = analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
@@ -794,44 +802,55 @@ async fn on_query<W: AsyncWrite + Unpin>(
     })
 }
 
-/// Names of statements prepared through the extended protocol over
-/// encrypted columns. SQL `EXECUTE` can run them (PostgreSQL has one
-/// namespace for both), but their parameters are encrypted only at Bind.
-pub(super) fn protocol_tainted(veil: &Veil) -> Vec<String> {
-    let st = veil.state();
-    st.ext
-        .statements
-        .iter()
-        .filter(|(name, s)| !name.is_empty() && s.analyzed && !st.prepared.contains_key(*name))
-        .map(|(name, _)| name.clone())
-        .collect()
+/// The names `PREPARE` statements in `text` create, by PostgreSQL's parser.
+fn prepared_names(text: &str) -> Vec<String> {
+    crate::sql::referee::examine(text)
+        .map(|r| {
+            r.statements
+                .into_iter()
+                .filter(|f| f.kind == "PrepareStmt")
+                .flat_map(|f| f.prepared)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-/// A refusal when `text` names (as an identifier, anywhere, `EXPLAIN`
-/// included) a statement from [`protocol_tainted`].
-pub(super) fn names_protocol_statement(text: &str, protocol: &[String]) -> Option<Refusal> {
-    if protocol.is_empty() {
+/// `EXECUTE` of a prepared statement this session never prepared through
+/// pgveil: PostgreSQL would fail it and write the statement, arguments
+/// included, to its log; pgveil fails it in its place (SQLSTATE 26000, as
+/// PostgreSQL would) without sending the arguments.
+fn unknown_execute(veil: &Veil, text: &str, lower: &str) -> Option<Refusal> {
+    if !lower.contains("execute") {
         return None;
     }
-    let mut found = None;
-    let scan = crate::sql::referee::scan_names(text, |w| {
-        let hit = protocol.iter().find(|n| n.as_str() == w);
-        if hit.is_some() && found.is_none() {
-            found = hit.cloned();
+    let referee = crate::sql::referee::examine(text).ok()?;
+    let st = veil.state();
+    let mut earlier: Vec<&str> = Vec::new();
+    for facts in &referee.statements {
+        if facts.kind == "PrepareStmt" {
+            earlier.extend(facts.prepared.iter().map(String::as_str));
+            continue;
         }
-        hit.is_some()
-    });
-    if scan.is_some_and(|s| !s.hit) {
-        return None;
+        if !facts.nodes.contains("ExecuteStmt") {
+            continue;
+        }
+        for name in &facts.prepared {
+            let known = st.prepared.contains_key(name)
+                || st.plain_prepared.contains(name)
+                || st.ext.statements.contains_key(name)
+                || earlier.contains(&name.as_str());
+            if !known {
+                return Some(Refusal {
+                    sqlstate: "26000",
+                    ..Refusal::general(
+                        format!("prepared statement \"{name}\" does not exist"),
+                        "unknown_prepared",
+                    )
+                });
+            }
+        }
     }
-    Some(Refusal::general(
-        format!(
-            "statement {} was prepared through the extended protocol over encrypted columns; run \
-             it with Bind and Execute, not with SQL EXECUTE",
-            found.unwrap_or_else(|| "(unreadable)".into())
-        ),
-        "unsupported",
-    ))
+    None
 }
 
 /// Whether a statement (lower-cased) may change how PostgreSQL reads
