@@ -298,8 +298,10 @@ struct Ctx<'c, 'a> {
     derived_params: std::collections::HashSet<usize>,
     /// Inside DDL that stores its expressions (view, index predicate).
     in_ddl: bool,
-    /// Relations joined with `USING`, whose `*` PostgreSQL reorders.
-    using_rels: Vec<String>,
+    /// Joins with `USING`, whose `*` PostgreSQL reorders.
+    using_joins: Vec<UsingJoin>,
+    /// FROM items seen, to tell `USING` joins of different items apart.
+    from_items: usize,
 }
 
 type R<T> = Result<T, Refusal>;
@@ -448,7 +450,8 @@ pub fn analyze(
             placeholders: HashMap::new(),
             derived_params: std::collections::HashSet::new(),
             in_ddl: false,
-            using_rels: Vec::new(),
+            using_joins: Vec::new(),
+            from_items: 0,
         };
         if is_ddl(stmt) || facts.kind.starts_with("Alter") || facts.kind == "RenameStmt" {
             after_ddl = true;
@@ -562,7 +565,8 @@ pub fn view_columns(
         placeholders: HashMap::new(),
         derived_params: std::collections::HashSet::new(),
         in_ddl: false,
-        using_rels: Vec::new(),
+        using_joins: Vec::new(),
+        from_items: 0,
     };
     let outs = ctx.query(q, None)?.ok_or_else(unparsed)?;
     if !ctx.edits.is_empty() {
@@ -770,6 +774,25 @@ fn agree(
             }
         }
         _ => {}
+    }
+    if !matches!(
+        stmt,
+        Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Copy { .. }
+    ) {
+        // DDL and utility statements: sqlparser's tree does not mark every
+        // relation (`REFERENCES t`, `LIKE t`), so a name it rendered back as
+        // part of the statement counts as seen. Text it never parsed (the
+        // danger) is not rendered.
+        let rendered = stmt.to_string();
+        for r in &facts.relations {
+            if referee::scan_names(&rendered, |w| w == r.name).is_some_and(|s| s.hit) {
+                seen.insert(r.name.clone());
+            }
+        }
     }
     if let Some(missed) = facts
         .relations
@@ -1827,6 +1850,9 @@ impl<'c, 'a> Ctx<'c, 'a> {
         rels: &mut Vec<Rel<'c>>,
         parent: Option<&Scope<'_, 'c>>,
     ) -> R<()> {
+        let start = rels.len();
+        self.from_items += 1;
+        let item = self.from_items;
         self.table_factor(&t.relation, rels, parent)?;
         for j in &t.joins {
             self.table_factor(&j.relation, rels, parent)?;
@@ -1858,8 +1884,16 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     self.predicate(e, &scope)?;
                 }
                 JoinConstraint::Using(cols) => {
-                    self.using_rels.extend(rels.iter().map(|r| r.name.clone()));
                     let n = rels.len();
+                    self.using_joins.push(UsingJoin {
+                        item,
+                        left: rels[start..n - 1].iter().map(|r| r.name.clone()).collect(),
+                        right: rels[n - 1].name.clone(),
+                        columns: cols
+                            .iter()
+                            .filter_map(|c| name_parts(c).last().cloned())
+                            .collect(),
+                    });
                     for c in cols {
                         let parts = name_parts(c);
                         let Some(col) = parts.last() else { continue };
@@ -2313,17 +2347,17 @@ impl<'c, 'a> Ctx<'c, 'a> {
                     });
                 }
                 SelectItem::Wildcard(_) => {
-                    let merged = scope.rels.iter().any(|r| self.using_rels.contains(&r.name));
-                    if merged && scope.rels.iter().any(has_encrypted) {
-                        // PostgreSQL puts the merged USING columns first and
-                        // drops the duplicates; pgveil does not model that.
-                        return Err(Refusal::general(
-                            "`*` over a JOIN ... USING with encrypted columns (list the columns)",
-                            "unsupported",
-                        ));
-                    }
-                    for rel in &scope.rels {
-                        wildcard(rel, &mut outs)?;
+                    let joins: Vec<&UsingJoin> = self
+                        .using_joins
+                        .iter()
+                        .filter(|j| scope.rels.iter().any(|r| r.name == j.right))
+                        .collect();
+                    if joins.is_empty() {
+                        for rel in &scope.rels {
+                            wildcard(rel, &mut outs)?;
+                        }
+                    } else {
+                        outs.extend(using::star(&scope.rels, &joins)?);
                     }
                 }
                 SelectItem::QualifiedWildcard(kind, _) => {
@@ -3410,8 +3444,25 @@ fn relation_outputs(r: &Relation) -> R<Vec<Out>> {
         .collect())
 }
 
+/// A join with `USING (columns)`: `*` over it lists the merged columns
+/// first, then the left side's others, then the right side's.
+#[derive(Debug, Clone)]
+struct UsingJoin {
+    /// The FROM item it belongs to.
+    item: usize,
+    /// Relations of the left side (names in scope).
+    left: Vec<String>,
+    /// The relation joined.
+    right: String,
+    /// The `USING` columns.
+    columns: Vec<String>,
+}
+
+#[path = "analyze_using.rs"]
+mod using;
+
 /// Whether a relation in scope exposes an encrypted column.
-fn has_encrypted(rel: &Rel<'_>) -> bool {
+fn has_encrypted_source(rel: &Rel<'_>) -> bool {
     match &rel.source {
         RelSource::Catalog(r) => r.columns.iter().any(|c| c.encrypted.is_some()),
         RelSource::Derived(outs) => outs.iter().any(|o| matches!(o.class, Class::Enc { .. })),

@@ -7,11 +7,14 @@
 //! - [`analyze`]: the fail-closed analyzer.
 //! - [`referee`]: PostgreSQL's own lexer and parser, against which the
 //!   analyzer's reading is checked.
+//! - [`differential`]: the invariants tying the analyzer's reading to
+//!   PostgreSQL's, for the differential test and the fuzz target.
 //! - [`refusal`]: why a statement is refused, and how the refusal reaches
 //!   the client through the database itself.
 //! - [`rewrite`]: splicing ciphertext literals into the original text.
 
 pub mod analyze;
+pub mod differential;
 pub mod referee;
 pub mod refusal;
 pub mod rewrite;
