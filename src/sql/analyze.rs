@@ -399,10 +399,10 @@ pub fn analyze(
         };
     }
     let mut analysis = Analysis::default();
-    let mut after_ddl = false;
+    let mut after_ddl = referee::DdlEffect::None;
     for ((stmt, range), facts) in statements.iter().zip(ranges).zip(&referee.statements) {
         let stmt_text = &text[range.clone()];
-        if let Err(r) = referee_checks(facts, configured, after_ddl) {
+        if let Err(r) = referee_checks(facts, configured, after_ddl, catalog) {
             analysis.refusal = Some(r);
             break;
         }
@@ -453,9 +453,7 @@ pub fn analyze(
             using_joins: Vec::new(),
             from_items: 0,
         };
-        if is_ddl(stmt) || facts.kind.starts_with("Alter") || facts.kind == "RenameStmt" {
-            after_ddl = true;
-        }
+        after_ddl = after_ddl.max(facts.effect);
         if let Err(r) = stored_expressions(facts, watched) {
             analysis.refusal = Some(r);
             break;
@@ -610,7 +608,12 @@ fn same_statements(ranges: &[Range<usize>], referee: &Referee) -> bool {
 /// that read tables without naming them, renames of schemas holding
 /// configured tables, and statements that follow DDL in the same Query
 /// (they would be judged against a catalog the DDL has changed).
-fn referee_checks(facts: &Facts, configured: &[(String, String)], after_ddl: bool) -> R<()> {
+fn referee_checks(
+    facts: &Facts,
+    configured: &[(String, String)],
+    after_ddl: referee::DdlEffect,
+    catalog: &Catalog,
+) -> R<()> {
     if let Some(f) = facts
         .functions
         .iter()
@@ -637,7 +640,17 @@ fn referee_checks(facts: &Facts, configured: &[(String, String)], after_ddl: boo
             "unsupported",
         ));
     }
-    if after_ddl && (!facts.relations.is_empty() || !facts.prepared.is_empty()) {
+    // After DDL that derives relations from encrypted ones, a relation the
+    // catalog does not know may be one it created; after a rename, any name.
+    let unsure = match after_ddl {
+        referee::DdlEffect::None => false,
+        referee::DdlEffect::Derives => facts
+            .relations
+            .iter()
+            .any(|r| !catalog.relations().iter().any(|c| c.name == r.name)),
+        referee::DdlEffect::Renames => !facts.relations.is_empty() || !facts.prepared.is_empty(),
+    };
+    if unsure {
         return Err(Refusal::general(
             "a statement after DDL on encrypted tables in the same Query or pipeline; send the \
              DDL on its own and wait for its result",

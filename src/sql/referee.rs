@@ -102,10 +102,28 @@ pub struct Facts {
     pub partition_keys: Vec<String>,
     /// A partition bound (`FOR VALUES ...`) holds a string constant.
     pub partition_strings: bool,
+    /// What it does to the relations later statements are judged against.
+    pub effect: DdlEffect,
     /// Byte ranges of its constants (strings of every form, numbers).
     pub literals: Vec<Range<usize>>,
     /// Byte ranges of its `$n` parameters.
     pub params: Vec<Range<usize>>,
+}
+
+/// How a DDL statement changes the relations a later statement of the same
+/// Query or pipeline would be judged against (by a catalog read before it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DdlEffect {
+    /// Nothing a later statement's judgement depends on.
+    #[default]
+    None,
+    /// Creates or re-parents a relation that exposes other relations'
+    /// columns: an inheritance child or partition (`INHERITS`,
+    /// `PARTITION OF`, `ALTER TABLE ... INHERIT / ATTACH PARTITION`), a view,
+    /// `CREATE TABLE AS`, a schema with elements.
+    Derives,
+    /// Renames or moves relations or schemas: any name may now mean another.
+    Renames,
 }
 
 /// A lexical token of PostgreSQL's scanner.
@@ -287,6 +305,7 @@ pub fn examine(text: &str) -> Result<Referee, RefereeError> {
             facts.kind = kind.clone();
         }
         walk(&tree, &mut facts, 0)?;
+        facts.effect = effect(&facts, &tree);
         if matches!(facts.kind.as_str(), "CreateStmt" | "AlterTableStmt") {
             // Typed fields hide the node kind: look for the bound by field.
             facts.partition_strings = partition_bound_strings(&tree);
@@ -335,6 +354,39 @@ fn walk(v: &Value, facts: &mut Facts, depth: usize) -> Result<(), RefereeError> 
         _ => {}
     }
     Ok(())
+}
+
+/// The statement's [`DdlEffect`].
+fn effect(facts: &Facts, tree: &Value) -> DdlEffect {
+    let body = tree.get("node").and_then(|n| n.get(&facts.kind));
+    let non_empty = |key: &str| {
+        body.and_then(|b| b.get(key))
+            .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    };
+    let inherit = pg_query::protobuf::AlterTableType::AtAddInherit as i64;
+    match facts.kind.as_str() {
+        "RenameStmt" | "AlterObjectSchemaStmt" => DdlEffect::Renames,
+        "ViewStmt" | "CreateTableAsStmt" | "CreateSchemaStmt" => DdlEffect::Derives,
+        "CreateStmt" if non_empty("inh_relations") || non_empty("partbound") => DdlEffect::Derives,
+        "AlterTableStmt"
+            if facts.nodes.contains("PartitionCmd")
+                || body
+                    .and_then(|b| b.get("cmds"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|cmds| {
+                        cmds.iter().any(|c| {
+                            c.get("node")
+                                .and_then(|n| n.get("AlterTableCmd"))
+                                .and_then(|a| a.get("subtype"))
+                                .and_then(Value::as_i64)
+                                == Some(inherit)
+                        })
+                    }) =>
+        {
+            DdlEffect::Derives
+        }
+        _ => DdlEffect::None,
+    }
 }
 
 /// Whether a `partbound` anywhere in the tree holds a string constant.
@@ -509,7 +561,19 @@ mod tests {
         assert_eq!(r.statements[0].prepared, vec!["p".to_string()]);
         let r = examine("CREATE TABLE public.kid () INHERITS (sales.people)").unwrap();
         assert!(r.statements[0].relations.iter().any(|n| n.name == "people"));
+        let r = examine("CREATE TABLE k () INHERITS (p); CREATE TABLE t (a int REFERENCES p); ALTER TABLE s INHERIT p; CREATE VIEW v AS SELECT 1").unwrap();
+        let effects: Vec<DdlEffect> = r.statements.iter().map(|f| f.effect).collect();
+        assert_eq!(
+            effects,
+            [
+                DdlEffect::Derives,
+                DdlEffect::None,
+                DdlEffect::Derives,
+                DdlEffect::Derives
+            ]
+        );
         let r = examine("ALTER SCHEMA sales RENAME TO s2").unwrap();
+        assert_eq!(r.statements[0].effect, DdlEffect::Renames);
         assert_eq!(r.statements[0].renamed_schemas, vec!["sales".to_string()]);
         let r = examine("select * from schema_to_xml('sales', true, false, '')").unwrap();
         assert!(

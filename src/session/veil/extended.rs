@@ -373,7 +373,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     let watched = watched_for(veil, catalog.as_ref(), &enc);
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    let tainted: Vec<String> = prepared.keys().cloned().collect();
     let text = parsed.query;
     let settings_pending = {
         let lower = text.to_ascii_lowercase();

@@ -644,7 +644,7 @@ async fn on_query<W: AsyncWrite + Unpin>(
     let changes_settings = changes_settings(&lower);
     veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().map(|k| k.to_lowercase()).collect();
+    let tainted: Vec<String> = prepared.keys().cloned().collect();
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared
             .metrics
