@@ -202,6 +202,14 @@ fn attacks() -> Vec<Attack> {
             "SELECT dblink_exec('dbname=x', 'INSERT INTO sales.people (id, full_name) VALUES (1, ''MKR'')')",
         ],
         &["SELECT 1 FROM sales.people WHERE full_name = 'MKR' AND U&\"email\" = 'MKR'"],
+        &[
+            "SET search_path = sales, public",
+            "WITH people AS (SELECT 1) INSERT INTO people (id, full_name) VALUES (1, 'MKR')",
+        ],
+        &[
+            "SET search_path = sales, public",
+            "WITH people AS (SELECT 1 AS id) UPDATE people SET full_name = 'MKR' WHERE id = 1",
+        ],
     ];
     for steps in refused {
         out.push(attack(steps, Expect::Refused));
@@ -340,6 +348,7 @@ fn attacks() -> Vec<Attack> {
         &["SELECT * INTO public.si FROM sales.people"],
         &["COMMENT ON TABLE sales.people IS 'customers'"],
         &["NOTIFY people_changed, 'email updated'"],
+        &["WITH people AS (SELECT 1) INSERT INTO sales.people (id, full_name) VALUES (1, 'MKR')"],
     ];
     for steps in sequences {
         out.push(attack(steps, Expect::Any));

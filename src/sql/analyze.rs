@@ -298,6 +298,9 @@ struct Ctx<'c, 'a> {
     derived_params: std::collections::HashSet<usize>,
     /// Inside DDL that stores its expressions (view, index predicate).
     in_ddl: bool,
+    /// Resolving the target of INSERT, UPDATE or DELETE, which PostgreSQL
+    /// never reads as a WITH query.
+    target: bool,
     /// Joins with `USING`, whose `*` PostgreSQL reorders.
     using_joins: Vec<UsingJoin>,
     /// FROM items seen, to tell `USING` joins of different items apart.
@@ -450,6 +453,7 @@ pub fn analyze(
             placeholders: HashMap::new(),
             derived_params: std::collections::HashSet::new(),
             in_ddl: false,
+            target: false,
             using_joins: Vec::new(),
             from_items: 0,
         };
@@ -563,6 +567,7 @@ pub fn view_columns(
         placeholders: HashMap::new(),
         derived_params: std::collections::HashSet::new(),
         in_ddl: false,
+        target: false,
         using_joins: Vec::new(),
         from_items: 0,
     };
@@ -847,7 +852,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
             Statement::Insert(ins) => self.insert(ins, None),
             Statement::Update(u) => {
                 let mut rels = Vec::new();
-                self.table_with_joins(&u.table, &mut rels, None)?;
+                self.target = true;
+                let target = self.table_with_joins(&u.table, &mut rels, None);
+                self.target = false;
+                target?;
                 if let Some(from) = &u.from {
                     let list = match from {
                         UpdateTableFromKind::BeforeSet(l) | UpdateTableFromKind::AfterSet(l) => l,
@@ -922,9 +930,12 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 let tables = match &d.from {
                     FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
                 };
-                for t in tables {
-                    self.table_with_joins(t, &mut rels, None)?;
-                }
+                self.target = true;
+                let targets: R<()> = tables
+                    .iter()
+                    .try_for_each(|t| self.table_with_joins(t, &mut rels, None));
+                self.target = false;
+                targets?;
                 if let Some(using) = &d.using {
                     for t in using {
                         self.table_with_joins(t, &mut rels, None)?;
@@ -1283,7 +1294,10 @@ impl<'c, 'a> Ctx<'c, 'a> {
                 ));
             }
         };
-        let rel = self.relation(name)?;
+        self.target = true;
+        let rel = self.relation(name);
+        self.target = false;
+        let rel = rel?;
         let alias = ins
             .table_alias
             .as_ref()
@@ -1812,6 +1826,14 @@ impl<'c, 'a> Ctx<'c, 'a> {
         if schema.is_none()
             && let Some((_, outs)) = self.ctes.iter().rev().find(|(n, _)| *n == table)
         {
+            if self.target && self.catalog.has_name(&table) {
+                // PostgreSQL reads FROM items as the WITH query but the
+                // target of INSERT, UPDATE or DELETE as the table.
+                return Err(Refusal::general(
+                    format!("a WITH query named like table {table}, which holds encrypted columns"),
+                    "unsupported",
+                ));
+            }
             return Ok(match outs {
                 Some(o) => RelSource::Derived(o.clone()),
                 None => RelSource::Other,

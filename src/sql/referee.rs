@@ -247,7 +247,9 @@ pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<N
         let word = text.get(a..b)?;
         folded.clear();
         fold_identifier(word, &mut folded);
-        if matches(&folded) || (!word.starts_with('"') && matches(&word.to_lowercase())) {
+        // Watched names are lower-cased: a quoted `"Customers"` is matched
+        // by its lower-cased form too (errs toward analysis).
+        if matches(&folded) || matches(&folded.to_lowercase()) || matches(&word.to_lowercase()) {
             scan.hit = true;
         }
     }

@@ -16,11 +16,36 @@ pub fn needs_analysis(text: &str, watched: &Watched, tainted: &[String]) -> bool
     if watched.names.is_empty() && tainted.is_empty() {
         return false;
     }
+    // A name PostgreSQL's lexer would find is, lower-cased, a substring of
+    // the lower-cased text: most statements are ruled out here, without
+    // the lexer.
+    let lower = text.to_lowercase();
+    let may_name = |n: &String| n.contains('"') || lower.contains(n.as_str());
+    let may_hit = lower.contains("u&")
+        || lower.contains("to_xml")
+        || lower.contains("dblink")
+        || watched.names.iter().any(may_name)
+        || tainted
+            .iter()
+            .map(|t| t.to_lowercase())
+            .any(|t| may_name(&t))
+        || (lower.contains("rename") && watched.schemas.iter().any(may_name));
+    if !may_hit {
+        return false;
+    }
     let named = |w: &str| {
         watched.names.iter().any(|n| n == w)
             || tainted.iter().any(|n| n == w)
             || referee::refused_function(w)
     };
+    // With standard_conforming_strings off a backslash escapes a quote, and
+    // in a multi-byte client encoding a byte pgveil reads as a backslash
+    // (or could not read at all) may be part of a character: where either
+    // can occur, PostgreSQL's tokens may differ from the lexer's here, so
+    // every word counts.
+    if (text.contains('\\') || text.contains('\u{FFFD}')) && words_hit(text, watched, tainted) {
+        return true;
+    }
     match referee::scan_names(text, named) {
         Some(scan) => {
             scan.hit
