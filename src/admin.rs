@@ -2,8 +2,6 @@
 //! `/healthz` (the process serves) and `/readyz` (send clients here).
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,64 +12,11 @@ use axum::routing::get;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use crate::server::Shared;
+pub use crate::shared::Health;
+use crate::shared::Shared;
 
 /// How often the upstream's TCP reachability is re-checked for `/readyz`.
 pub const UPSTREAM_CHECK_INTERVAL: Duration = Duration::from_secs(3);
-
-/// Readiness inputs, updated by the server and the upstream checker.
-#[derive(Debug)]
-pub struct Health {
-    draining: AtomicBool,
-    upstream_ok: AtomicBool,
-    upstream_error: Mutex<String>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            draining: AtomicBool::new(false),
-            upstream_ok: AtomicBool::new(false),
-            upstream_error: Mutex::new("upstream not checked yet".into()),
-        }
-    }
-}
-
-impl Health {
-    /// Marks the process as draining: `/readyz` turns 503.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Records the result of an upstream check.
-    pub fn set_upstream(&self, result: Result<(), String>) {
-        match result {
-            Ok(()) => self.upstream_ok.store(true, Ordering::Relaxed),
-            Err(e) => {
-                if let Ok(mut slot) = self.upstream_error.lock() {
-                    *slot = e;
-                }
-                self.upstream_ok.store(false, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// `Ok` when ready, else a one-line reason.
-    pub fn readiness(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err("draining: shutting down".into());
-        }
-        if !self.upstream_ok.load(Ordering::Relaxed) {
-            let reason = self
-                .upstream_error
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_else(|_| "upstream unreachable".into());
-            return Err(reason);
-        }
-        Ok(())
-    }
-}
 
 /// Serves the endpoint until `shutdown` resolves.
 pub async fn serve(

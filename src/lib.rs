@@ -12,11 +12,17 @@
 //! - [`catalog`] — what a database says about the configured tables.
 //! - [`sql`] — the analyzer and rewriter; works on text and catalog facts.
 //! - [`tls`] — TLS settings for both hops and the channel-binding hash.
+//! - [`shared`] — state shared by every session of a server: the
+//!   [`shared::Encryption`] snapshot and its reload, catalog and plan caches,
+//!   TLS settings, metrics and readiness. Below `auth`, `session` and
+//!   `admin`, which use it; it holds `auth`'s verifier cache
+//!   ([`auth::lookup::Lookup`]) as a field but calls nothing above it.
 //! - [`auth`] — authentication before the relay: end to end (passthrough) or
 //!   terminated by pgveil with SCRAM (`[auth] mode = "scram"`).
 //! - [`session`] — one client connection: startup and TLS negotiation, then
 //!   the message loop.
-//! - [`server`] — the listener, connection limit and graceful shutdown.
+//! - [`server`] — the listener, connection limit, graceful shutdown and
+//!   SIGHUP; builds the [`shared::Shared`] state it hands to each session.
 //! - [`logging`] — `tracing` set-up from `[log]`.
 //! - [`localpg`] — local PostgreSQL server binaries (demo, tests).
 //! - [`metrics`], [`admin`] — Prometheus metrics and the health endpoint.
@@ -37,5 +43,6 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod sql;
 pub mod tls;

@@ -17,8 +17,8 @@ use super::login::{LoginSecret, login, startup_message};
 use super::scram::Secret;
 use super::{AuthError, message, read_message, send};
 use crate::config::Auth;
-use crate::server::Shared;
 use crate::session::stream::Stream;
+use crate::shared::Shared;
 
 /// Cached lookups by user name, and the `auth_user` session.
 #[derive(Default)]

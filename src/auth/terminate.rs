@@ -14,9 +14,9 @@ use super::login::{LoginSecret, login};
 use super::scram::{self, Secret, ServerExchange, Verifier};
 use super::{AuthError, auth_request, code, send};
 use crate::protocol::sqlstate;
-use crate::server::Shared;
 use crate::session::stream::Stream;
 use crate::session::{AuditContext, audit_auth_error};
+use crate::shared::Shared;
 
 /// Authenticates the client, then opens and logs in the upstream
 /// connection. Returns it once AuthenticationOk has reached the client.

@@ -21,7 +21,7 @@ use crate::auth::{self, AuthError};
 use crate::config::AuthMode;
 use crate::protocol::messages::ErrorResponse;
 use crate::protocol::sqlstate;
-use crate::server::Shared;
+use crate::shared::Shared;
 use startup::Opening;
 use stream::Stream;
 

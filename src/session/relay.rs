@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::stream::Stream;
 use super::{AuditContext, SessionError, Timing, audit_auth_error};
 use crate::protocol::{Chunk, FrameError, Framer};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Initial read buffer per direction.
 const READ_BUFFER: usize = 16 * 1024;

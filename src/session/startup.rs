@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::protocol::messages::ErrorResponse;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, InitialPacket, StartupParams, TLS_HANDSHAKE_BYTE};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tls::{ServerTls, UpstreamTls};
 
 /// How a connection opened.

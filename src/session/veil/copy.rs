@@ -2,15 +2,22 @@
 //! (`COPY ... FROM STDIN`) have their encrypted columns sealed as they
 //! stream through; rows from the database (`COPY ... TO STDOUT`) have them
 //! opened. The row format and everything else in the row stay as they were.
+//!
+//! This module holds the stream and the client's side (CopyData, CopyDone,
+//! CopyFail); the server's CopyInResponse, CopyOutResponse and CopyData are
+//! handled in `backend/copy.rs`.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
+use super::query::refusal_token;
+use super::state::{Pending, Veil};
 use crate::catalog::StorageState;
 use crate::config::Storage;
 use crate::copy::{CopyError, CopyFormat, Transformer};
 use crate::crypto::{Format, Keyring, SessionSettings, envelope};
+use crate::sql::Refusal;
 use crate::sql::analyze::CopyPlan;
 
 /// One COPY data stream in progress.
@@ -148,4 +155,78 @@ pub(super) fn copy_fail(message: &str) -> BytesMut {
     b.put_slice(message.as_bytes());
     b.put_u8(0);
     b
+}
+
+/// A Query with COPY statements over encrypted columns: their plans go
+/// with the Query's response; COPY FROM STDIN starts encrypting the
+/// client's data.
+pub(super) fn start_copies(veil: &Veil, plans: &[crate::sql::StatementPlan]) {
+    let enc = veil.shared.encryption();
+    let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
+    let mut st = veil.state();
+    let copies: Vec<_> = plans.iter().map(|p| p.copy.clone()).collect();
+    if let Some(plan) = copies.iter().flatten().find(|p| !p.to) {
+        st.copy_in = Some(CopyStream::new(plan.clone(), enc.keyring.clone(), max_row));
+    }
+    if let Some(Pending::Query(q)) = st.pending.back_mut() {
+        q.copies = copies;
+    }
+}
+
+/// CopyData, CopyDone or CopyFail from the client during an encrypting
+/// COPY FROM STDIN. Returns what to send upstream.
+pub(super) fn on_copy_in(veil: &Veil, frame: &[u8]) -> BytesMut {
+    let mut guard = veil.state();
+    let st = &mut *guard;
+    let settings = &st.settings;
+    let Some(stream) = st.copy_in.as_mut() else {
+        return BytesMut::from(frame);
+    };
+    let tag = frame[0];
+    if stream.failed {
+        // pgveil already failed this COPY: the rest of the data (which may
+        // hold plaintext) goes nowhere.
+        if tag != b'd' {
+            st.copy_in = None;
+        }
+        return BytesMut::new();
+    }
+    let result = match tag {
+        b'd' => stream.feed(&frame[5..], settings),
+        b'c' => stream.finish(settings),
+        _ => {
+            st.copy_in = None;
+            return BytesMut::from(frame);
+        }
+    };
+    match result {
+        Ok(rows) => {
+            let mut out = if rows.is_empty() {
+                BytesMut::new()
+            } else {
+                copy_data(&rows)
+            };
+            if tag == b'c' {
+                st.copy_in = None;
+                out.extend_from_slice(frame);
+            }
+            out
+        }
+        Err(e) => {
+            stream.failed = true;
+            if tag == b'c' {
+                st.copy_in = None;
+            }
+            drop(guard);
+            let refusal = Refusal {
+                column: None,
+                operation: e.message,
+                hint: "Nothing of this COPY was stored. Fix the data and run it again.".into(),
+                reason: "copy",
+                sqlstate: e.sqlstate,
+            };
+            let relation = refusal_token(veil, "COPY", refusal, "simple");
+            copy_fail(&format!("pgveil: {relation}"))
+        }
+    }
 }

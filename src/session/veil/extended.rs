@@ -1,5 +1,7 @@
 //! The extended query protocol: Parse, Bind, Describe, Execute, Close and
-//! Sync from the client, and the responses they cause.
+//! Sync from the client, and the statements, portals and steps they leave
+//! for the responses. The responses themselves are handled in `backend/`,
+//! one module per message.
 //!
 //! Every client message that the server answers pushes one [`Step`] onto
 //! the session's response FIFO, so the server pump knows which statement or
@@ -22,16 +24,23 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
-use tracing::warn;
 
-use super::{Decoder, Pending, Veil, ensure_catalog, watched_for};
+use super::catalog::{ensure_catalog, watched_for};
+use super::copy::CopyStream;
+use super::parameters;
+use super::prepared::{recheck_prepared, record_prepared};
+use super::query::{
+    analyze_fresh, changes_settings, encrypt_edits, passthrough_refusal, refusal_token,
+};
+use super::state::{Decoder, Pending, State, Veil};
 use crate::catalog::{Catalog, Encrypted, StorageState};
-use crate::crypto::{Format, Keyring, SessionSettings};
-use crate::protocol::messages::{extended, parse, row_description};
-use crate::protocol::{array, types};
+use crate::crypto::SessionSettings;
+use crate::protocol::messages::{extended, parse};
+use crate::protocol::types;
 use crate::session::SessionError;
+use crate::shared::Encryption;
 use crate::sql::analyze::ParamBinding;
-use crate::sql::{Refusal, rewrite, scan};
+use crate::sql::{Analysis, Refusal, rewrite, scan};
 
 /// Result formats and the decoder built for them (`None`: nothing to decrypt).
 pub(super) type CachedDecoder = (Vec<i16>, Option<Arc<Decoder>>);
@@ -84,7 +93,7 @@ impl Statement {
         }
     }
 
-    fn encrypts_params(&self) -> bool {
+    pub(super) fn encrypts_params(&self) -> bool {
         self.params.iter().any(Option::is_some) || self.conflicted
     }
 
@@ -176,7 +185,7 @@ fn names_relations(text: &str) -> bool {
 }
 
 /// Queues a step unless the server is skipping messages until Sync.
-pub(super) fn push_step(st: &mut super::State, step: Step) {
+pub(super) fn push_step(st: &mut State, step: Step) {
     st.ext.in_batch = true;
     if !st.ext.skip_until_sync {
         st.pending.push_back(Pending::Step(step));
@@ -193,115 +202,124 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
     match frame[0] {
         b'P' => on_parse(veil, writer, frame).await,
         b'B' => on_bind(veil, frame),
-        b'D' => {
-            let (kind, name) = extended::decode_target(frame)
-                .map_err(|e| SessionError::Protocol(format!("malformed Describe: {e}")))?;
-            let mut st = veil.state();
-            let step = if kind == b'S' {
-                let statement = lookup_statement(&st, name);
-                Step::DescribeStatement {
-                    statement,
-                    injected: false,
-                }
-            } else {
-                Step::DescribePortal {
-                    portal: st.ext.portals.get(name).cloned(),
-                    injected: false,
-                }
-            };
-            push_step(&mut st, step);
-            Ok(BytesMut::from(frame))
-        }
-        b'E' => {
-            let (name, _) = extended::decode_execute(frame)
-                .map_err(|e| SessionError::Protocol(format!("malformed Execute: {e}")))?;
-            let mut st = veil.state();
-            let portal = st.ext.portals.get(name).cloned();
-            if let Some(plan) = portal
-                .as_ref()
-                .and_then(|p| p.statement.as_ref())
-                .and_then(|s| s.copy.clone())
-                .filter(|p| !p.to && !st.ext.skip_until_sync)
-            {
-                let enc = veil.shared.encryption();
-                let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
-                st.copy_in = Some(super::copy::CopyStream::new(
-                    plan,
-                    enc.keyring.clone(),
-                    max_row,
-                ));
-            }
-            push_step(
-                &mut st,
-                Step::Execute {
-                    portal,
-                    decoder: None,
-                },
-            );
-            Ok(BytesMut::from(frame))
-        }
-        b'C' => {
-            let (kind, name) = extended::decode_target(frame)
-                .map_err(|e| SessionError::Protocol(format!("malformed Close: {e}")))?;
-            let mut st = veil.state();
-            let step = if kind == b'S' {
-                Step::Close {
-                    statement: st
-                        .ext
-                        .statements
-                        .get(name)
-                        .map(|s| (name.to_string(), s.clone())),
-                    portal: None,
-                }
-            } else {
-                Step::Close {
-                    statement: None,
-                    portal: st
-                        .ext
-                        .portals
-                        .get(name)
-                        .map(|p| (name.to_string(), p.clone())),
-                }
-            };
-            push_step(&mut st, step);
-            Ok(BytesMut::from(frame))
-        }
-        _ => {
-            // Sync (FunctionCall ends in ReadyForQuery the same way).
-            let mut st = veil.state();
-            if frame[0] == b'S' && st.copy_in.is_some() {
-                // During COPY FROM STDIN PostgreSQL ignores Sync once the
-                // copy has started; until the server says so, it may not.
-                if !st.copy_in.as_ref().is_some_and(|c| c.started) {
-                    st.pending.push_back(Pending::SyncInCopy(Instant::now()));
-                }
-                return Ok(BytesMut::from(frame));
-            }
-            if frame[0] == b'S' {
-                st.ext.skip_until_sync = false;
-                st.ext.in_batch = false;
-                st.ext.ddl_pending = false;
-            } else if st.ext.skip_until_sync {
-                // A FunctionCall the server skips: no ReadyForQuery.
-                return Ok(BytesMut::from(frame));
-            }
-            if frame[0] == b'F' || std::mem::take(&mut st.ext.settings_pending) {
-                // This batch (or a function call) may change how strings
-                // are read: statements on encrypted tables wait for its
-                // ReadyForQuery, as after such a simple Query.
-                st.settings_in_flight += 1;
-                st.pending.push_back(Pending::SettingsSync(Instant::now()));
-            } else {
-                st.pending.push_back(Pending::Passthrough(Instant::now()));
-            }
-            Ok(BytesMut::from(frame))
-        }
+        b'D' => on_describe(veil, frame),
+        b'E' => on_execute(veil, frame),
+        b'C' => on_close(veil, frame),
+        // Sync (FunctionCall ends in ReadyForQuery the same way).
+        _ => Ok(on_sync(veil, frame)),
     }
+}
+
+/// Describe: its answer goes to the statement or portal it names.
+fn on_describe(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
+    let (kind, name) = extended::decode_target(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Describe: {e}")))?;
+    let mut st = veil.state();
+    let step = if kind == b'S' {
+        let statement = lookup_statement(&st, name);
+        Step::DescribeStatement {
+            statement,
+            injected: false,
+        }
+    } else {
+        Step::DescribePortal {
+            portal: st.ext.portals.get(name).cloned(),
+            injected: false,
+        }
+    };
+    push_step(&mut st, step);
+    Ok(BytesMut::from(frame))
+}
+
+/// Execute: its rows decrypt per its portal; a COPY FROM STDIN over
+/// encrypted columns starts encrypting the client's data.
+fn on_execute(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
+    let (name, _) = extended::decode_execute(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Execute: {e}")))?;
+    let mut st = veil.state();
+    let portal = st.ext.portals.get(name).cloned();
+    if let Some(plan) = portal
+        .as_ref()
+        .and_then(|p| p.statement.as_ref())
+        .and_then(|s| s.copy.clone())
+        .filter(|p| !p.to && !st.ext.skip_until_sync)
+    {
+        let enc = veil.shared.encryption();
+        let max_row = veil.shared.config.limits.max_inspected_frame_bytes as usize;
+        st.copy_in = Some(CopyStream::new(plan, enc.keyring.clone(), max_row));
+    }
+    push_step(
+        &mut st,
+        Step::Execute {
+            portal,
+            decoder: None,
+        },
+    );
+    Ok(BytesMut::from(frame))
+}
+
+/// Close: what it names is forgotten once CloseComplete arrives.
+fn on_close(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
+    let (kind, name) = extended::decode_target(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Close: {e}")))?;
+    let mut st = veil.state();
+    let step = if kind == b'S' {
+        Step::Close {
+            statement: st
+                .ext
+                .statements
+                .get(name)
+                .map(|s| (name.to_string(), s.clone())),
+            portal: None,
+        }
+    } else {
+        Step::Close {
+            statement: None,
+            portal: st
+                .ext
+                .portals
+                .get(name)
+                .map(|p| (name.to_string(), p.clone())),
+        }
+    };
+    push_step(&mut st, step);
+    Ok(BytesMut::from(frame))
+}
+
+/// Sync or FunctionCall: the end of a batch, answered by ReadyForQuery.
+fn on_sync(veil: &Veil, frame: &[u8]) -> BytesMut {
+    let mut st = veil.state();
+    if frame[0] == b'S' && st.copy_in.is_some() {
+        // During COPY FROM STDIN PostgreSQL ignores Sync once the
+        // copy has started; until the server says so, it may not.
+        if !st.copy_in.as_ref().is_some_and(|c| c.started) {
+            st.pending.push_back(Pending::SyncInCopy(Instant::now()));
+        }
+        return BytesMut::from(frame);
+    }
+    if frame[0] == b'S' {
+        st.ext.skip_until_sync = false;
+        st.ext.in_batch = false;
+        st.ext.ddl_pending = false;
+    } else if st.ext.skip_until_sync {
+        // A FunctionCall the server skips: no ReadyForQuery.
+        return BytesMut::from(frame);
+    }
+    if frame[0] == b'F' || std::mem::take(&mut st.ext.settings_pending) {
+        // This batch (or a function call) may change how strings
+        // are read: statements on encrypted tables wait for its
+        // ReadyForQuery, as after such a simple Query.
+        st.settings_in_flight += 1;
+        st.pending.push_back(Pending::SettingsSync(Instant::now()));
+    } else {
+        st.pending.push_back(Pending::Passthrough(Instant::now()));
+    }
+    BytesMut::from(frame)
 }
 
 /// The statement a Bind or Describe names: prepared through the protocol,
 /// or with SQL `PREPARE` (both share PostgreSQL's namespace).
-fn lookup_statement(st: &super::State, name: &str) -> Option<Arc<Statement>> {
+fn lookup_statement(st: &State, name: &str) -> Option<Arc<Statement>> {
     if st.ext.conflicted.contains(name) {
         return Some(Arc::new(Statement::conflicted(name)));
     }
@@ -377,7 +395,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     let text = parsed.query;
     let settings_pending = {
         let lower = text.to_ascii_lowercase();
-        let changes = super::changes_settings(&lower);
+        let changes = changes_settings(&lower);
         let mut st = veil.state();
         let pending = st.ext.settings_pending;
         if changes && !st.ext.skip_until_sync {
@@ -406,69 +424,16 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         register(veil, parsed.name, Statement::passthrough(text), Vec::new());
         return Ok(BytesMut::from(frame));
     }
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("search_path") {
-        veil.make_key_private();
-    }
-    let (utf8, in_flight, standard_strings, settings) = {
-        let st = veil.state();
-        (
-            st.utf8,
-            st.settings_in_flight,
-            st.standard_strings,
-            st.settings.clone(),
-        )
-    };
     let refuse = |r: Refusal| Ok(refuse_parse(veil, parsed.name, text, r));
-    if !utf8 {
-        return refuse(Refusal::general(
-            "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
-            "unparsed",
-        ));
-    }
-    if in_flight > 0 || settings_pending {
-        return refuse(Refusal::general(
-            "a change to standard_conforming_strings or client_encoding is still in flight; wait for its result",
-            "unparsed",
-        ));
-    }
-    if !standard_strings && text.contains('\\') {
-        return refuse(Refusal::general(
-            "backslashes in a statement on encrypted tables while standard_conforming_strings is off",
-            "unparsed",
-        ));
-    }
-    let Some(cat) = catalog else {
-        return refuse(Refusal::general(
-            if in_batch {
-                "the table definitions changed in this pipeline; send Sync before preparing statements on encrypted tables"
-            } else {
-                "the catalog of this database could not be read, so the statement cannot be checked"
-            },
-            "catalog",
-        ));
+    let (cat, settings) = match check_parse(veil, text, catalog, in_batch, settings_pending, &enc) {
+        Ok(checked) => checked,
+        Err(r) => return refuse(r),
     };
-    if let Some(r) = super::recheck_prepared(veil, text, &cat, &enc) {
+    let (analysis, cat) = analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
+    if let Some(r) = check_parse_analysis(veil, &analysis) {
         return refuse(r);
     }
-    let (analysis, cat) = super::analyze_fresh(veil, writer, text, cat, &enc, &prepared).await;
-    if analysis.stale {
-        return refuse(Refusal::general(
-            "a configured table that is not in this database's catalog; create it in its own statement first",
-            "catalog",
-        ));
-    }
-    if analysis.statements.len() > 1 {
-        return refuse(Refusal::general(
-            "several statements in one prepared statement",
-            "unparsed",
-        ));
-    }
-    if analysis.statements.iter().any(|s| s.refresh_catalog) {
-        shared.invalidate_catalog(&veil.key());
-        veil.state().ext.ddl_pending = true;
-    }
-    let encrypted = super::encrypt_edits(veil, &enc, text, &analysis.statements, &settings);
+    let encrypted = encrypt_edits(veil, &enc, text, &analysis.statements, &settings);
     let replacements = match encrypted.and_then(|r| match &analysis.refusal {
         Some(refusal) => Err(refusal.clone()),
         None => Ok(r),
@@ -478,7 +443,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             if enc.config.policy.on_unsupported == crate::config::OnUnsupported::Passthrough
                 && r.reason != "invalid_value"
             {
-                super::passthrough_refusal(veil, text, &r, "extended");
+                passthrough_refusal(veil, text, &r, "extended");
                 register(veil, parsed.name, Statement::passthrough(text), Vec::new());
                 return Ok(BytesMut::from(frame));
             }
@@ -498,6 +463,107 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             }
         }
     };
+    let (statement, declared) = analysed_statement(veil, &parsed, &analysis, cat);
+    Ok(forward_parse(
+        veil,
+        frame,
+        &parsed,
+        statement,
+        new_text.as_deref(),
+        &declared,
+    ))
+}
+
+/// What a watched statement must satisfy before it is analysed: the
+/// catalog, and the session settings as they stand now (its literals are
+/// encrypted with these), or the refusal.
+fn check_parse(
+    veil: &Veil,
+    text: &str,
+    catalog: Option<Arc<Catalog>>,
+    in_batch: bool,
+    settings_pending: bool,
+    enc: &Encryption,
+) -> Result<(Arc<Catalog>, SessionSettings), Refusal> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("search_path") {
+        veil.make_key_private();
+    }
+    let (utf8, in_flight, standard_strings, settings) = {
+        let st = veil.state();
+        (
+            st.utf8,
+            st.settings_in_flight,
+            st.standard_strings,
+            st.settings.clone(),
+        )
+    };
+    if !utf8 {
+        return Err(Refusal::general(
+            "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
+            "unparsed",
+        ));
+    }
+    if in_flight > 0 || settings_pending {
+        return Err(Refusal::general(
+            "a change to standard_conforming_strings or client_encoding is still in flight; wait for its result",
+            "unparsed",
+        ));
+    }
+    if !standard_strings && text.contains('\\') {
+        return Err(Refusal::general(
+            "backslashes in a statement on encrypted tables while standard_conforming_strings is off",
+            "unparsed",
+        ));
+    }
+    let Some(cat) = catalog else {
+        return Err(Refusal::general(
+            if in_batch {
+                "the table definitions changed in this pipeline; send Sync before preparing statements on encrypted tables"
+            } else {
+                "the catalog of this database could not be read, so the statement cannot be checked"
+            },
+            "catalog",
+        ));
+    };
+    if let Some(r) = recheck_prepared(veil, text, &cat, enc) {
+        return Err(r);
+    }
+    Ok((cat, settings))
+}
+
+/// What an analysed statement must satisfy before its literals are
+/// encrypted: `Some` is the refusal. DDL marks the rest of the pipeline.
+fn check_parse_analysis(veil: &Veil, analysis: &Analysis) -> Option<Refusal> {
+    if analysis.stale {
+        return Some(Refusal::general(
+            "a configured table that is not in this database's catalog; create it in its own statement first",
+            "catalog",
+        ));
+    }
+    if analysis.statements.len() > 1 {
+        return Some(Refusal::general(
+            "several statements in one prepared statement",
+            "unparsed",
+        ));
+    }
+    if analysis.statements.iter().any(|s| s.refresh_catalog) {
+        veil.shared.invalidate_catalog(&veil.key());
+        veil.state().ext.ddl_pending = true;
+    }
+    None
+}
+
+/// The statement an analysed Parse prepares, and the parameter types to
+/// declare for it: parameters bound to encrypted columns take the storage
+/// type (an array of it when they carry every stored form).
+fn analysed_statement(
+    veil: &Veil,
+    parsed: &parse::Parse<'_>,
+    analysis: &Analysis,
+    cat: Arc<Catalog>,
+) -> (Statement, Vec<u32>) {
+    let text = parsed.query;
     let plan = analysis.statements.first();
     let bindings = plan.map(|p| p.params.clone()).unwrap_or_default();
     let count = bindings
@@ -524,7 +590,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             };
         }
     }
-    super::record_prepared(veil, text, &analysis.statements);
+    record_prepared(veil, text, &analysis.statements);
     let statement = Statement {
         sql: text.to_string(),
         analyzed: true,
@@ -545,7 +611,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             .iter()
             .map(|b| {
                 b.as_ref().map(|b| {
-                    shared
+                    veil.shared
                         .metrics
                         .values_encrypted_total
                         .with_label_values(&[&b.column.id.to_string()])
@@ -554,6 +620,21 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             .collect(),
         ..statement
     };
+    (statement, declared)
+}
+
+/// Registers an analysed statement and returns what to send for its Parse:
+/// the rewritten Parse (or the original one), followed by a Describe of the
+/// statement whose answer pgveil consumes.
+fn forward_parse(
+    veil: &Veil,
+    frame: &[u8],
+    parsed: &parse::Parse<'_>,
+    statement: Statement,
+    new_text: Option<&str>,
+    declared: &[u32],
+) -> BytesMut {
+    let text = parsed.query;
     if !parsed.name.is_empty() && statement.encrypts_params() {
         // `EXECUTE name(...)` in SQL reaches the same statement: its
         // literals must be encrypted the same way.
@@ -574,7 +655,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     let changed = new_text.is_some() || statement.encrypts_params();
     let statement = register(veil, parsed.name, statement, Vec::new());
-    shared
+    veil.shared
         .metrics
         .statements_total
         .with_label_values(&[
@@ -583,7 +664,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         ])
         .inc();
     let mut out = if changed {
-        extended::encode_parse(parsed.name, new_text.as_deref().unwrap_or(text), &declared)
+        extended::encode_parse(parsed.name, new_text.unwrap_or(text), declared)
     } else {
         BytesMut::from(frame)
     };
@@ -597,14 +678,14 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             injected: true,
         },
     );
-    Ok(out)
+    out
 }
 
 /// Replaces a Parse by one that fails in the database (so the pipeline
 /// fails there, as PostgreSQL's own error would make it), whose error the
 /// server pump swaps for the refusal.
 fn refuse_parse(veil: &Veil, name: &str, text: &str, refusal: Refusal) -> BytesMut {
-    let relation = super::refusal_token(veil, text, refusal, "extended");
+    let relation = refusal_token(veil, text, refusal, "extended");
     register(veil, name, Statement::passthrough(""), Vec::new());
     extended::encode_parse(name, &format!("SELECT 1 FROM {relation}"), &[])
 }
@@ -625,7 +706,7 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
             ),
             "unsupported",
         );
-        let relation = super::refusal_token(veil, &s.sql, r, "extended");
+        let relation = refusal_token(veil, &s.sql, r, "extended");
         out = Some(extended::encode_bind(bind.portal, &relation, &[], &[]));
     } else if let Some(s) = statement.as_ref().filter(|s| s.encrypts_params()) {
         let enc = veil.shared.encryption();
@@ -636,7 +717,14 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
                 (Some(_), None) => values.push((0, None)),
                 (Some(b), Some(v)) => {
                     let declared = s.client_types.get(i).copied().unwrap_or(0);
-                    match encrypt_param(enc.keyring.as_deref(), b, declared, format, v, &settings) {
+                    match parameters::encrypt_param(
+                        enc.keyring.as_deref(),
+                        b,
+                        declared,
+                        format,
+                        v,
+                        &settings,
+                    ) {
                         Ok(c) => {
                             match s.counters.get(i) {
                                 Some(Some(counter)) => counter.inc(),
@@ -650,7 +738,7 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
                             values.push((1, Some(c)));
                         }
                         Err(r) => {
-                            let relation = super::refusal_token(veil, &s.sql, r, "extended");
+                            let relation = refusal_token(veil, &s.sql, r, "extended");
                             out = Some(extended::encode_bind(bind.portal, &relation, &[], &[]));
                             break;
                         }
@@ -706,283 +794,4 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
         );
     }
     Ok(out)
-}
-
-/// Encrypts one bound parameter value. The result is sent in binary
-/// format: the raw envelope for `bytea` storage, the prefixed text for
-/// `text` storage (a text value's binary form is its text).
-fn encrypt_param(
-    keyring: Option<&Keyring>,
-    binding: &ParamBinding,
-    declared: u32,
-    format: i16,
-    value: &[u8],
-    settings: &SessionSettings,
-) -> Result<Vec<u8>, Refusal> {
-    let col = &binding.column;
-    let name = col.id.to_string();
-    let cipher = keyring
-        .and_then(|k| k.column_by_id(&col.id))
-        .ok_or_else(|| Refusal::general(format!("no key for column {name}"), "unsupported"))?;
-    let storage = col
-        .storage
-        .storage()
-        .ok_or_else(|| Refusal::on_column(&name, "storing ciphertext in this type", "storage"))?;
-    let type_name = col.value_type.name();
-    let bad = |e: crate::crypto::CryptoError| Refusal::bad_value(&name, type_name, e.sqlstate());
-    let app = types::pg_type(col.value_type).0;
-    let fits =
-        |oid: u32| oid == 0 || oid == app || (types::is_text_like(oid) && types::is_text_like(app));
-    let format = if format == 1 {
-        if !(fits(declared) || binding.array && fits_array(declared, app)) {
-            return Err(Refusal::on_column(
-                &name,
-                format!("a binary parameter of type OID {declared} (the column holds {type_name})"),
-                "unsupported",
-            ));
-        }
-        Format::Binary
-    } else {
-        Format::Text
-    };
-    let elem_oid = match storage {
-        crate::config::Storage::Bytea => 17,
-        crate::config::Storage::Text => 25,
-    };
-    if cipher.form_count() != col.forms {
-        // Prepared before a reload changed the key versions or `migrating`:
-        // a search written for one form would miss the others.
-        return Err(super::stale_forms(&name));
-    }
-    if !binding.array {
-        if binding.expand {
-            // Every stored form, in the order the statement was written for.
-            let forms = cipher
-                .forms(format, value, storage, settings)
-                .map_err(bad)?;
-            let forms: Vec<Option<Vec<u8>>> = forms.into_iter().map(Some).collect();
-            return Ok(array::encode_binary(elem_oid, &forms).to_vec());
-        }
-        return cipher
-            .encrypt(format, value, storage, settings)
-            .map_err(bad);
-    }
-    let malformed = |e: array::ArrayError| {
-        Refusal::on_column(&name, format!("an array parameter: {e}"), "unsupported")
-    };
-    let elements: Vec<Option<Vec<u8>>> = match format {
-        Format::Text => array::parse_text(value).map_err(malformed)?,
-        Format::Binary => {
-            if value.len() >= 12 {
-                let elem = u32::from_be_bytes([value[8], value[9], value[10], value[11]]);
-                if !fits(elem) {
-                    return Err(Refusal::on_column(
-                        &name,
-                        format!("an array of type OID {elem} (the column holds {type_name})"),
-                        "unsupported",
-                    ));
-                }
-            }
-            array::parse_binary(value)
-                .map_err(malformed)?
-                .into_iter()
-                .map(|e| e.map(<[u8]>::to_vec))
-                .collect()
-        }
-    };
-    let mut sealed = Vec::with_capacity(elements.len());
-    for e in elements {
-        match e {
-            None => sealed.push(None),
-            // `= ANY` / `<> ALL` over every form of every element.
-            Some(v) if binding.expand => sealed.extend(
-                cipher
-                    .forms(format, &v, storage, settings)
-                    .map_err(bad)?
-                    .into_iter()
-                    .map(Some),
-            ),
-            Some(v) => sealed.push(Some(
-                cipher.encrypt(format, &v, storage, settings).map_err(bad)?,
-            )),
-        }
-    }
-    Ok(array::encode_binary(elem_oid, &sealed).to_vec())
-}
-
-fn fits_array(declared: u32, app: u32) -> bool {
-    declared == types::array_of(app)
-        || (types::is_text_like(app) && matches!(declared, 1009 | 1015 | 1014))
-}
-
-/// ParameterDescription for a client's Describe: encrypted parameters show
-/// the type the client declared, or the column's own type, never the
-/// storage type.
-pub(super) fn present_parameters(statement: &Statement, frame: &[u8]) -> Option<BytesMut> {
-    if !statement.encrypts_params() {
-        return None;
-    }
-    let mut oids = extended::decode_parameter_description(frame).ok()?;
-    for (i, oid) in oids.iter_mut().enumerate() {
-        if let Some(Some(b)) = statement.params.get(i) {
-            let declared = statement.client_types.get(i).copied().unwrap_or(0);
-            let app = types::pg_type(b.column.value_type).0;
-            *oid = match (declared, b.array) {
-                (0, false) => app,
-                (0, true) => types::array_of(app),
-                (d, _) => d,
-            };
-        }
-    }
-    Some(extended::encode_parameter_description(&oids))
-}
-
-/// How a portal's rows decrypt: its own described columns, else its
-/// statement's, with the result formats of the Bind.
-pub(super) fn portal_decoder(veil: &Veil, portal: &Portal) -> Option<Arc<Decoder>> {
-    if let Some(cols) = portal.columns.get() {
-        return build_decoder(veil, cols, &portal.result_formats);
-    }
-    let statement = portal.statement.as_ref()?;
-    let cols = statement.columns.get()?;
-    let mut cache = statement.decoder.lock().unwrap_or_else(|p| p.into_inner());
-    let keyring = veil.shared.encryption().keyring.clone();
-    if let Some((formats, decoder)) = cache.as_ref()
-        && *formats == portal.result_formats
-        && decoder
-            .as_ref()
-            .is_none_or(|d| match (&d.keyring, &keyring) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (a, b) => a.is_none() && b.is_none(),
-            })
-    {
-        // Same formats and the same keys as when it was built.
-        return decoder.clone();
-    }
-    let decoder = build_decoder(veil, cols, &portal.result_formats);
-    *cache = Some((portal.result_formats.clone(), decoder.clone()));
-    decoder
-}
-
-fn build_decoder(veil: &Veil, cols: &[Option<Encrypted>], formats: &[i16]) -> Option<Arc<Decoder>> {
-    if cols.iter().all(Option::is_none) {
-        return None;
-    }
-    let columns = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            c.clone().map(|e| {
-                let format = if extended::format_of(formats, i) == 1 {
-                    Format::Binary
-                } else {
-                    Format::Text
-                };
-                (e, format)
-            })
-        })
-        .collect();
-    Some(Arc::new(Decoder::new(
-        veil,
-        columns,
-        veil.shared.encryption().keyring.clone(),
-    )))
-}
-
-/// A RowDescription answering a Describe: records which columns are
-/// encrypted and rewrites their types. Returns the frame to forward.
-pub(super) fn describe_rows(
-    veil: &Veil,
-    frame: BytesMut,
-    catalog: Option<Arc<Catalog>>,
-    hints: &[Option<Encrypted>],
-    slot: &OnceLock<Vec<Option<Encrypted>>>,
-) -> BytesMut {
-    let Ok(mut fields) = row_description::decode(&frame) else {
-        let _ = slot.set(Vec::new());
-        return frame;
-    };
-    let catalog = catalog.or_else(|| veil.shared.catalog_cached(&veil.key()));
-    let cols = super::encrypted_columns(catalog.as_deref(), hints, &fields);
-    let any = cols.iter().any(Option::is_some);
-    if any {
-        super::present_columns(&mut fields, &cols);
-    }
-    let _ = slot.set(cols);
-    if any {
-        row_description::encode(&fields)
-    } else {
-        frame
-    }
-}
-
-/// After an error: the steps PostgreSQL will skip are dropped, and what
-/// they registered is undone.
-pub(super) fn abandon_steps(st: &mut super::State) {
-    while let Some(Pending::Step(_)) = st.pending.front() {
-        match st.pending.pop_front() {
-            Some(Pending::Step(Step::Parse {
-                name,
-                new,
-                previous,
-            })) => restore(&mut st.ext.statements, name, &new, previous),
-            Some(Pending::Step(Step::Bind {
-                name,
-                new,
-                previous,
-            })) => restore(&mut st.ext.portals, name, &new, previous),
-            _ => {}
-        }
-    }
-    if st.pending.is_empty() && st.ext.in_batch {
-        st.ext.skip_until_sync = true;
-    }
-}
-
-/// Undoes a registration the server never confirmed, unless it was
-/// replaced since.
-fn restore<T>(
-    map: &mut HashMap<String, Arc<T>>,
-    name: String,
-    new: &Arc<T>,
-    previous: Option<Arc<T>>,
-) {
-    if !map.get(&name).is_some_and(|cur| Arc::ptr_eq(cur, new)) {
-        return;
-    }
-    match previous {
-        Some(p) => map.insert(name, p),
-        None => map.remove(&name),
-    };
-}
-
-/// CloseComplete: forget what was closed, unless it was replaced since.
-pub(super) fn closed(st: &mut super::State, step: Step) {
-    if let Step::Close { statement, portal } = step {
-        if let Some((name, s)) = statement
-            && st
-                .ext
-                .statements
-                .get(&name)
-                .is_some_and(|cur| Arc::ptr_eq(cur, &s))
-        {
-            st.ext.statements.remove(&name);
-        }
-        if let Some((name, p)) = portal
-            && st
-                .ext
-                .portals
-                .get(&name)
-                .is_some_and(|cur| Arc::ptr_eq(cur, &p))
-        {
-            st.ext.portals.remove(&name);
-        }
-    }
-}
-
-/// Logs a step/response mismatch: pgveil lost track of the stream, which
-/// must not happen; the response is forwarded unchanged.
-pub(super) fn out_of_step(st: &mut super::State, tag: u8) {
-    st.desync = true;
-    warn!(tag = %(tag as char), "response does not match the expected extended-protocol step; ending the session");
 }

@@ -3,7 +3,9 @@
 //! (for each join in turn), so the output positions pgveil decrypts by
 //! (COPY, origin-less results) must follow the same order.
 
-use super::{Class, Out, R, Refusal, Rel, UsingJoin, wildcard};
+use super::relations::{has_encrypted_source, wildcard};
+use super::{Class, Out, R, Rel, UsingJoin};
+use crate::sql::refusal::Refusal;
 
 /// One output column of the star and where it comes from.
 struct Entry {
@@ -33,7 +35,7 @@ pub(super) fn star(rels: &[Rel<'_>], joins: &[&UsingJoin]) -> R<Vec<Out>> {
     if unknown {
         // A side whose columns pgveil does not know: their order cannot be
         // followed, which matters only where something is encrypted.
-        if rels.iter().any(super::has_encrypted_source) {
+        if rels.iter().any(has_encrypted_source) {
             return Err(unmodelled());
         }
         return Ok(entries.into_iter().map(|e| e.out).collect());

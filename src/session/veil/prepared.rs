@@ -1,0 +1,192 @@
+//! Prepared statements across their life: SQL `PREPARE`s recorded as
+//! analysed, re-checked before `EXECUTE` after a configuration reload, and
+//! the session ended when a reload changes the encrypted columns under a
+//! statement pgveil cannot re-prepare behind the client's back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::extended;
+use super::state::Veil;
+use crate::catalog::{Catalog, Encrypted};
+use crate::session::SessionError;
+use crate::shared::Encryption;
+use crate::sql::analyze::Watched;
+use crate::sql::{Refusal, scan};
+
+/// A `PREPARE` as analysed.
+pub(super) struct PreparedMeta {
+    generation: u64,
+    text: String,
+    summary: Vec<(std::ops::Range<usize>, String)>,
+    spec: Vec<Option<Encrypted>>,
+}
+
+/// A prepared statement to re-check: name, PREPARE text, edits, parameters.
+type StaleEntry = (
+    String,
+    String,
+    Vec<(std::ops::Range<usize>, String)>,
+    Vec<Option<Encrypted>>,
+);
+
+/// Where a plan encrypts and for which column: two analyses of one
+/// `PREPARE` encrypt alike when these are equal.
+fn edit_summary(plan: &crate::sql::StatementPlan) -> Vec<(std::ops::Range<usize>, String)> {
+    plan.edits
+        .iter()
+        .map(|e| {
+            (
+                e.range.start - plan.range.start..e.range.end - plan.range.start,
+                e.column.id.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Keeps the session's map of SQL-level prepared statements current.
+pub(super) fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan]) {
+    let generation = veil.shared.encryption().generation;
+    let mut st = veil.state();
+    if st.ext.skip_until_sync {
+        // The server skips this message: nothing is prepared.
+        return;
+    }
+    for plan in plans {
+        if let Some((name, spec)) = &plan.prepared {
+            // The name is now this SQL statement's, whatever pgveil noted
+            // for it from the extended protocol before, unless this PREPARE
+            // fails (the name is taken): then pgveil cannot tell which.
+            let protocol = st.ext.statements.remove(name);
+            let differs = st.prepared.get(name).is_some_and(|old| old != spec)
+                || protocol.is_some_and(|p| {
+                    p.params
+                        .iter()
+                        .map(|b| b.as_ref().map(|b| &b.column))
+                        .collect::<Vec<_>>()
+                        != spec.iter().map(Option::as_ref).collect::<Vec<_>>()
+                });
+            if differs {
+                st.ext.conflicted.insert(name.clone());
+            }
+            st.prepared.insert(name.clone(), spec.clone());
+            st.prepared_meta.insert(
+                name.clone(),
+                PreparedMeta {
+                    generation,
+                    text: text.get(plan.range.clone()).unwrap_or_default().to_string(),
+                    summary: edit_summary(plan),
+                    spec: spec.clone(),
+                },
+            );
+        }
+        // DEALLOCATE is deliberately not applied: it may fail or be rolled
+        // back in the database, and a name pgveil forgot while PostgreSQL
+        // still holds it would let EXECUTE through unanalysed.
+    }
+}
+
+/// After a reload, a SQL prepared statement named in `text` is analysed
+/// again; if the new configuration would encrypt it differently, it is
+/// refused (the database still holds the old plan), so a newly encrypted
+/// column never receives plaintext through it.
+pub(super) fn recheck_prepared(
+    veil: &Veil,
+    text: &str,
+    catalog: &Catalog,
+    enc: &Encryption,
+) -> Option<Refusal> {
+    let lower = text.to_lowercase();
+    let words: std::collections::HashSet<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .collect();
+    let stale: Vec<StaleEntry> = {
+        let st = veil.state();
+        st.prepared_meta
+            .iter()
+            .filter(|(name, meta)| {
+                meta.generation < enc.generation && words.contains(name.as_str())
+            })
+            .map(|(name, meta)| {
+                (
+                    name.clone(),
+                    meta.text.clone(),
+                    meta.summary.clone(),
+                    meta.spec.clone(),
+                )
+            })
+            .collect()
+    };
+    for (name, prepare_text, summary, spec) in stale {
+        let watched = Watched::new(catalog, &enc.configured, &enc.encrypted_columns);
+        let analysis = crate::sql::analyze(
+            &prepare_text,
+            catalog,
+            &watched,
+            &enc.configured,
+            &HashMap::new(),
+        );
+        let same = analysis.refusal.is_none()
+            && analysis.statements.first().is_some_and(|p| {
+                edit_summary(p) == summary && p.prepared.as_ref().map(|(_, s)| s) == Some(&spec)
+            });
+        if !same {
+            return Some(Refusal::general(
+                format!(
+                    "prepared statement {name} was prepared before a configuration reload that changes its encryption; DEALLOCATE and PREPARE it again"
+                ),
+                "reload",
+            ));
+        }
+        if let Some(meta) = veil.state().prepared_meta.get_mut(&name) {
+            meta.generation = enc.generation;
+        }
+    }
+    None
+}
+
+/// After a configuration reload, before forwarding anything more: a
+/// statement this session prepared under other encrypted columns could
+/// bind plaintext into a newly encrypted column, or ciphertext where there
+/// is no longer a key. pgveil cannot re-prepare it behind the client's
+/// back, so it ends the session (the client reconnects and prepares again).
+pub(super) fn reconcile_reload(veil: &Veil) -> Result<(), SessionError> {
+    let enc = veil.shared.encryption();
+    let statements: Vec<(String, Arc<extended::Statement>)> = {
+        let mut st = veil.state();
+        if st.generation == enc.generation {
+            return Ok(());
+        }
+        st.generation = enc.generation;
+        if st.columns_signature == enc.columns_signature {
+            return Ok(());
+        }
+        st.columns_signature = enc.columns_signature.clone();
+        if !st.prepared.is_empty() || st.unanalysed_prepare {
+            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+                  "session ended: encrypted columns changed under SQL prepared statements");
+            return Err(SessionError::Reload(
+                "pgveil: configuration reloaded; encrypted columns changed under this session's prepared statements, reconnect to prepare them again".into(),
+            ));
+        }
+        st.ext
+            .statements
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let catalog = veil.shared.catalog_cached(&veil.key()).unwrap_or_default();
+    let watched = Watched::new(&catalog, &enc.configured, &enc.encrypted_columns);
+    for (name, statement) in statements {
+        if statement.analyzed || scan::needs_analysis(&statement.sql, &watched, &[]) {
+            warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+                  statement = %name, "session ended: encrypted columns changed under a prepared statement");
+            return Err(SessionError::Reload(format!(
+                "pgveil: configuration reloaded; encrypted columns changed under prepared statement \"{name}\", reconnect to prepare it again"
+            )));
+        }
+    }
+    Ok(())
+}
