@@ -387,19 +387,7 @@ fn refuse(
 ) -> BytesMut {
     let shared = &veil.shared;
     let enc = shared.encryption();
-    shared
-        .metrics
-        .statements_total
-        .with_label_values(&["simple", "refused"])
-        .inc();
-    shared
-        .metrics
-        .refused_statements_total
-        .with_label_values(&[refusal.reason])
-        .inc();
-    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
-          reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::referee::fingerprint(text, Some(before.len())), "statement refused");
+    count_refusal(veil, text, &refusal, "simple", before.len());
     let (settings, standard_strings) = {
         let st = veil.state();
         (st.settings.clone(), st.standard_strings)
@@ -450,6 +438,12 @@ fn refuse(
             _ => break,
         }
     }
+    if parts.is_empty() {
+        // Only the refusal runs: whatever settings the client's text would
+        // have changed stay as they are, so nothing is in flight (a client
+        // that pipelines its next Query is not refused for it).
+        veil.state().next_changes_settings = false;
+    }
     parts.push(refusal.raise_statement());
     hints.push(Vec::new());
     push_query(veil, hints, catalog, started);
@@ -460,20 +454,7 @@ fn refuse(
 /// of a relation that does not exist: a statement using it fails in the
 /// database, in place, and the server pump swaps that error for the refusal.
 pub(super) fn refusal_token(veil: &Veil, text: &str, refusal: Refusal, protocol: &str) -> String {
-    let shared = &veil.shared;
-    shared
-        .metrics
-        .statements_total
-        .with_label_values(&[protocol, "refused"])
-        .inc();
-    shared
-        .metrics
-        .refused_statements_total
-        .with_label_values(&[refusal.reason])
-        .inc();
-    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
-          reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::referee::fingerprint(text, Some(0)), "statement refused");
+    count_refusal(veil, text, &refusal, protocol, 0);
     let mut token = [0u8; 12];
     let _ = getrandom::fill(&mut token);
     let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
@@ -482,6 +463,23 @@ pub(super) fn refusal_token(veil: &Veil, text: &str, refusal: Refusal, protocol:
         .refusal_tokens
         .push((relation.clone(), refusal));
     relation
+}
+
+/// Counts a refusal and writes its audit line; the fingerprint covers the
+/// statements up to the refused one (index `refused`), never after it.
+fn count_refusal(veil: &Veil, text: &str, refusal: &Refusal, protocol: &str, refused: usize) {
+    let metrics = &veil.shared.metrics;
+    metrics
+        .statements_total
+        .with_label_values(&[protocol, "refused"])
+        .inc();
+    metrics
+        .refused_statements_total
+        .with_label_values(&[refusal.reason])
+        .inc();
+    warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
+          reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
+          fingerprint = %crate::sql::referee::fingerprint(text, Some(refused)), "statement refused");
 }
 
 /// A statement that would be refused, forwarded because
