@@ -210,6 +210,48 @@ fn attacks() -> Vec<Attack> {
             "SET search_path = sales, public",
             "WITH people AS (SELECT 1 AS id) UPDATE people SET full_name = 'MKR' WHERE id = 1",
         ],
+        // Second review: names a table only gets with its rows, code in
+        // escape strings, functional notation, more string-SQL functions.
+        &[
+            "DROP TABLE sales.leads",
+            "CREATE TABLE public.l2 (id int, contact_email bytea, note text)",
+            "INSERT INTO public.l2 VALUES (1, 'prefilled', 'n')",
+            "ALTER TABLE public.l2 SET SCHEMA sales",
+            "ALTER TABLE sales.l2 RENAME TO leads",
+        ],
+        &[
+            "DROP TABLE sales.leads",
+            "CREATE SCHEMA stage",
+            "CREATE TABLE stage.leads (id int, contact_email bytea, note text)",
+            "ALTER TABLE stage.leads SET SCHEMA sales",
+        ],
+        &["CREATE SCHEMA s9", "ALTER SCHEMA s9 RENAME TO sales"],
+        // Refused: the INSERT after it would otherwise write plaintext
+        // into what is then a child of an encrypted table.
+        &["ALTER TABLE public.stg INHERIT sales.people"],
+        &["ALTER TABLE public.stg INHERIT sales.people; INSERT INTO public.stg VALUES (1, 'MKR')"],
+        &["ALTER TABLE public.stg INHERIT \"sales\".\"people\""],
+        &["ALTER TABLE sales.people ATTACH PARTITION public.stg DEFAULT"],
+        &["DO E'BEGIN INSERT INTO sales.\\x70eople (id, full_name) VALUES (1, ''MKR''); END'"],
+        &[
+            "DO U&'BEGIN INSERT INTO sales.!0070eople (id, full_name) VALUES (1, ''MKR''); END' UESCAPE '!'",
+        ],
+        &[
+            "CREATE FUNCTION public.f2() RETURNS void LANGUAGE sql AS E'INSERT INTO sales.\\160eople (id, full_name) VALUES (1, ''MKR'')'",
+        ],
+        &["SELECT p.row_to_json FROM sales.people p"],
+        &["SELECT (p).to_json FROM sales.people p"],
+        &[
+            "SELECT cron.schedule('j', '* * * * *', 'INSERT INTO sales.people (id, full_name) VALUES (1, ''MKR'')')",
+        ],
+        &[
+            "SELECT * FROM crosstab('select id, note, full_name from sales.people') AS t(a int, b bytea)",
+        ],
+        &["SELECT * FROM ts_stat('select to_tsvector(note) from sales.people')"],
+        &["/* MKR */ SELECT query_to_xml('select 1', true, false, '') -- MKR"],
+        &[
+            "ALTER TABLE sales.people DROP COLUMN id; INSERT INTO sales.people VALUES ('MKR', NULL, NULL, 'n')",
+        ],
     ];
     for steps in refused {
         out.push(attack(steps, Expect::Refused));
@@ -269,14 +311,6 @@ fn attacks() -> Vec<Attack> {
             "CREATE RULE r1 AS ON INSERT TO public.notes DO ALSO INSERT INTO sales.people (id, full_name) VALUES (9, 'MKR')",
         ],
         &["CREATE TABLE public.lk (LIKE sales.people)", "SELECT 1"],
-        &[
-            "ALTER TABLE public.stg INHERIT sales.people",
-            "INSERT INTO public.stg VALUES (1, 'MKR')",
-        ],
-        &[
-            "ALTER TABLE public.stg INHERIT sales.people",
-            "INSERT INTO public.stg (full_name, id) VALUES ('MKR', 1)",
-        ],
         &["INSERT INTO sales.people (id, full_name) SELECT 1, 'MKR' WHERE 'MKR' = 'MKR'"],
         &[
             "INSERT INTO sales.people (id, full_name) VALUES (1, 'MKR') ON CONFLICT (id) DO UPDATE SET full_name = 'MKR'",
@@ -349,6 +383,18 @@ fn attacks() -> Vec<Attack> {
         &["COMMENT ON TABLE sales.people IS 'customers'"],
         &["NOTIFY people_changed, 'email updated'"],
         &["WITH people AS (SELECT 1) INSERT INTO sales.people (id, full_name) VALUES (1, 'MKR')"],
+        &[
+            "CREATE SCHEMA vs",
+            "CREATE VIEW vs.pv4 AS SELECT id, full_name FROM sales.people",
+            "ALTER SCHEMA vs RENAME TO vs2",
+            "INSERT INTO vs2.pv4 (id, full_name) VALUES (1, 'MKR')",
+        ],
+        &[
+            "CREATE TABLE public.kid4 () INHERITS (sales.people)",
+            "ALTER SCHEMA public RENAME TO pub2",
+            "INSERT INTO pub2.kid4 (id, full_name) VALUES (1, 'MKR')",
+        ],
+        &["SELECT id FROM sales.people WHERE email = \"MKR\""],
     ];
     for steps in sequences {
         out.push(attack(steps, Expect::Any));

@@ -51,13 +51,48 @@ pub const REFUSED_FUNCTIONS: &[&str] = &[
     "database_to_xml",
     "database_to_xmlschema",
     "database_to_xml_and_xmlschema",
+    // Full-text search over the rows of a query given as text.
+    "ts_stat",
+    "ts_rewrite",
+    // tablefunc: pivot, tree and XML tables from queries or table names.
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    // xml2: reads the table and columns named in its arguments.
+    "xpath_table",
+    // pg_cron: runs the SQL it stores, later, in another session.
+    "schedule_in_database",
 ];
 
-/// Whether a function name (folded, last part) is refused: the list above
-/// and the `dblink` extension's functions, which run SQL given as a string.
+/// Prefixes of refused names: the `dblink` and `pg_background` extensions'
+/// functions, which run SQL given as a string, and anything in pg_cron's
+/// schema (`cron.schedule` stores SQL it runs later).
+const REFUSED_PREFIXES: &[&str] = &["dblink", "pg_background", "cron."];
+
+/// Whether a function name (folded, last part, or `cron.`-qualified) is
+/// refused: the list and prefixes above. The word `cron` is too, so that
+/// the fast path sends `cron.schedule(...)` to analysis.
 pub fn refused_function(name: &str) -> bool {
-    REFUSED_FUNCTIONS.contains(&name) || name.starts_with("dblink")
+    REFUSED_FUNCTIONS.contains(&name)
+        || name == "cron"
+        || REFUSED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
+
+/// Lower-case substrings one of which every text calling a refused
+/// function holds (the fast path's pre-test).
+pub const REFUSED_HINTS: &[&str] = &[
+    "to_xml",
+    "dblink",
+    "ts_stat",
+    "ts_rewrite",
+    "crosstab",
+    "connectby",
+    "xpath_table",
+    "schedule",
+    "pg_background",
+];
 
 /// A relation as written: `schema.name` or `name` (folded as PostgreSQL
 /// folds identifiers).
@@ -89,6 +124,15 @@ pub struct Facts {
     pub cursors: Vec<String>,
     /// Schemas it renames (`ALTER SCHEMA s RENAME TO ...`).
     pub renamed_schemas: Vec<String>,
+    /// The new names of schemas it renames.
+    pub schemas_renamed_to: Vec<String>,
+    /// The names relations get from it (`RENAME TO`, `SET SCHEMA`); the
+    /// schema is `None` where the relation was named unqualified.
+    pub renamed_to: Vec<RelName>,
+    /// Relations it makes existing tables children or partitions of
+    /// (`ALTER TABLE ... INHERIT parent`, `ALTER TABLE parent ATTACH
+    /// PARTITION ...`).
+    pub attached_to: Vec<RelName>,
     /// Columns named in its expressions (`ColumnRef`s, last part). In DDL
     /// these are the expressions the catalog stores (CHECK, generated
     /// columns, index expressions and predicates, statistics expressions).
@@ -117,6 +161,9 @@ pub enum DdlEffect {
     /// Nothing a later statement's judgement depends on.
     #[default]
     None,
+    /// Changes or drops existing relations (`ALTER TABLE`, `DROP`): their
+    /// columns, positions and children may differ from the catalog's.
+    Alters,
     /// Creates or re-parents a relation that exposes other relations'
     /// columns: an inheritance child or partition (`INHERITS`,
     /// `PARTITION OF`, `ALTER TABLE ... INHERIT / ATTACH PARTITION`), a view,
@@ -212,6 +259,10 @@ pub struct NameScan {
     /// The text holds the keyword `RENAME` (`ALTER SCHEMA s RENAME TO ...`
     /// names a schema, not a table).
     pub renames: bool,
+    /// The text holds an escape or Unicode string (`E'...'`, `U&'...'`),
+    /// whose words differ from the text written: code in one is read only
+    /// after decoding ([`code_bodies`]).
+    pub escaped: bool,
 }
 
 /// Scans the identifiers and keywords of `text` (folded as PostgreSQL folds
@@ -238,6 +289,15 @@ pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<N
         if t.token == Token::Rename as i32 {
             scan.renames = true;
         }
+        if t.token == Token::Usconst as i32
+            || (t.token == Token::Sconst as i32
+                && usize::try_from(t.start)
+                    .ok()
+                    .and_then(|a| text.as_bytes().get(a))
+                    .is_some_and(|b| matches!(b, b'e' | b'E')))
+        {
+            scan.escaped = true;
+        }
         if !is_name {
             continue;
         }
@@ -257,12 +317,89 @@ pub fn scan_names(text: &str, mut matches: impl FnMut(&str) -> bool) -> Option<N
 }
 
 /// An identifier as PostgreSQL folds it: `"Ab""c"` is `Ab"c`, `AbC` is `abc`
-/// (ASCII only, as in UTF-8 databases).
+/// (ASCII only, as in UTF-8 databases), cut to 63 bytes.
 fn fold_identifier(word: &str, out: &mut String) {
     if let Some(inner) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
         out.push_str(&inner.replace("\"\"", "\""));
     } else {
         out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    let cut = truncated_len(out);
+    out.truncate(cut);
+}
+
+/// PostgreSQL's longest identifier, in bytes (`NAMEDATALEN - 1`): longer
+/// ones are cut, so a long name may mean a watched one.
+pub const MAX_IDENTIFIER: usize = 63;
+
+/// The length of `name` as PostgreSQL keeps it: at most
+/// [`MAX_IDENTIFIER`] bytes, cut at a character boundary.
+pub fn truncated_len(name: &str) -> usize {
+    if name.len() <= MAX_IDENTIFIER {
+        return name.len();
+    }
+    let mut cut = MAX_IDENTIFIER;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
+}
+
+/// The code in the string bodies of `text`'s `DO` blocks and function or
+/// procedure definitions, decoded as PostgreSQL decodes their strings
+/// (escape and Unicode strings included). `None` when PostgreSQL cannot
+/// parse `text`.
+pub fn code_bodies(text: &str) -> Option<Vec<String>> {
+    let parsed = pg_query::parse(text, pg_query::ParserOptions::DEFAULT).ok()?;
+    let mut out = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let tree = serde_json::to_value(raw.stmt.as_ref()?).ok()?;
+        collect_bodies(&tree, &mut out, 0);
+    }
+    Some(out)
+}
+
+/// Every string under a `DefElem` named `as` (the body option of `DO`,
+/// `CREATE FUNCTION` and `CREATE PROCEDURE`).
+fn collect_bodies(v: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            if let Some(d) = map.get("DefElem")
+                && d.get("defname").and_then(Value::as_str) == Some("as")
+            {
+                collect_strings(d.get("arg"), out, depth);
+            }
+            map.values().for_each(|c| collect_bodies(c, out, depth + 1));
+        }
+        Value::Array(items) => items.iter().for_each(|c| collect_bodies(c, out, depth + 1)),
+        _ => {}
+    }
+}
+
+/// Every `String` node's value under `v`.
+fn collect_strings(v: Option<&Value>, out: &mut Vec<String>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match v {
+        Some(Value::Object(map)) => {
+            if let Some(s) = map
+                .get("String")
+                .and_then(|s| s.get("sval"))
+                .and_then(Value::as_str)
+            {
+                out.push(s.to_string());
+            }
+            map.values()
+                .for_each(|c| collect_strings(Some(c), out, depth + 1));
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .for_each(|c| collect_strings(Some(c), out, depth + 1)),
+        _ => {}
     }
 }
 
@@ -308,6 +445,7 @@ pub fn examine(text: &str) -> Result<Referee, RefereeError> {
         }
         walk(&tree, &mut facts, 0)?;
         facts.effect = effect(&facts, &tree);
+        facts.attached_to = attachments(&facts, &tree);
         if matches!(facts.kind.as_str(), "CreateStmt" | "AlterTableStmt") {
             // Typed fields hide the node kind: look for the bound by field.
             facts.partition_strings = partition_bound_strings(&tree);
@@ -387,7 +525,53 @@ fn effect(facts: &Facts, tree: &Value) -> DdlEffect {
         {
             DdlEffect::Derives
         }
+        "AlterTableStmt" | "DropStmt" => DdlEffect::Alters,
         _ => DdlEffect::None,
+    }
+}
+
+/// The parents an `ALTER TABLE` makes existing tables children or
+/// partitions of: the `INHERIT` parent, or the table `ATTACH PARTITION` is
+/// run on.
+fn attachments(facts: &Facts, tree: &Value) -> Vec<RelName> {
+    if facts.kind != "AlterTableStmt" {
+        return Vec::new();
+    }
+    let Some(body) = tree.get("node").and_then(|n| n.get("AlterTableStmt")) else {
+        return Vec::new();
+    };
+    let inherit = pg_query::protobuf::AlterTableType::AtAddInherit as i64;
+    let attach = pg_query::protobuf::AlterTableType::AtAttachPartition as i64;
+    let mut out = Vec::new();
+    let cmds = body.get("cmds").and_then(Value::as_array);
+    for cmd in cmds.into_iter().flatten() {
+        let Some(c) = cmd.get("node").and_then(|n| n.get("AlterTableCmd")) else {
+            continue;
+        };
+        let subtype = c.get("subtype").and_then(Value::as_i64);
+        if subtype == Some(inherit) {
+            if let Some(parent) = c
+                .get("def")
+                .and_then(|d| d.get("node"))
+                .and_then(|n| n.get("RangeVar"))
+            {
+                out.push(rel_name(parent));
+            }
+        } else if subtype == Some(attach)
+            && let Some(rel) = body.get("relation")
+        {
+            out.push(rel_name(rel));
+        }
+    }
+    out
+}
+
+/// A `RangeVar`'s name.
+fn rel_name(v: &Value) -> RelName {
+    let schema = text_field(v, "schemaname");
+    RelName {
+        schema: (!schema.is_empty()).then_some(schema),
+        name: text_field(v, "relname"),
     }
 }
 
@@ -430,6 +614,21 @@ fn text_field(v: &Value, key: &str) -> String {
         .to_string()
 }
 
+/// The first `String` of a qualified name list, when it has several.
+fn first_name(list: Option<&Value>) -> Option<String> {
+    let items = list?.as_array()?;
+    if items.len() < 2 {
+        return None;
+    }
+    items
+        .first()?
+        .get("node")?
+        .get("String")?
+        .get("sval")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The last `String` of a name list (`funcname`, `defnames`).
 fn last_name(list: Option<&Value>) -> Option<String> {
     list?
@@ -442,15 +641,12 @@ fn last_name(list: Option<&Value>) -> Option<String> {
 
 fn node(kind: &str, body: &Value, facts: &mut Facts) {
     match kind {
-        "RangeVar" => {
-            let schema = text_field(body, "schemaname");
-            facts.relations.push(RelName {
-                schema: (!schema.is_empty()).then_some(schema),
-                name: text_field(body, "relname"),
-            });
-        }
+        "RangeVar" => facts.relations.push(rel_name(body)),
         "FuncCall" => {
             if let Some(name) = last_name(body.get("funcname")) {
+                if first_name(body.get("funcname")).as_deref() == Some("cron") {
+                    facts.functions.push(format!("cron.{name}"));
+                }
                 facts.functions.push(name);
             }
         }
@@ -478,9 +674,31 @@ fn node(kind: &str, body: &Value, facts: &mut Facts) {
             }
         }
         "RenameStmt" => {
-            let schema = ObjectType::ObjectSchema as i64;
-            if body.get("rename_type").and_then(Value::as_i64) == Some(schema) {
+            let kind = body.get("rename_type").and_then(Value::as_i64);
+            let relation_kinds = [
+                ObjectType::ObjectTable,
+                ObjectType::ObjectView,
+                ObjectType::ObjectMatview,
+                ObjectType::ObjectForeignTable,
+            ];
+            if kind == Some(ObjectType::ObjectSchema as i64) {
                 facts.renamed_schemas.push(text_field(body, "subname"));
+                facts.schemas_renamed_to.push(text_field(body, "newname"));
+            } else if relation_kinds.iter().any(|k| kind == Some(*k as i64))
+                && let Some(rel) = body.get("relation")
+            {
+                facts.renamed_to.push(RelName {
+                    schema: rel_name(rel).schema,
+                    name: text_field(body, "newname"),
+                });
+            }
+        }
+        "AlterObjectSchemaStmt" => {
+            if let Some(rel) = body.get("relation") {
+                facts.renamed_to.push(RelName {
+                    schema: Some(text_field(body, "newschema")),
+                    name: rel_name(rel).name,
+                });
             }
         }
         _ => {}
@@ -521,21 +739,49 @@ pub fn fingerprint(text: &str, through: Option<usize>) -> String {
 }
 
 /// Replaces every constant token left in a normalised statement with `?`
-/// (normalisation keeps some, such as type modifiers); on a lexer failure
-/// nothing is kept.
+/// (normalisation keeps some, such as type modifiers), drops comments, and
+/// masks quoted identifiers that do not look like names (`"ada@x.com"`
+/// written by mistake for a string); on a lexer failure nothing is kept.
 fn mask_constants(text: &str) -> String {
-    let Ok(toks) = tokens(text) else {
+    let Some(toks) = raw_tokens(text) else {
         return "<unparsed>".to_string();
     };
+    let comment = [Token::SqlComment as i32, Token::CComment as i32];
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for t in toks.iter().filter(|t| is_constant(t.token)) {
-        out.push_str(text.get(at..t.range.start).unwrap_or_default());
-        out.push('?');
-        at = t.range.end;
+    for t in toks {
+        let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
+            return "<unparsed>".to_string();
+        };
+        let Some(word) = text.get(start..end) else {
+            return "<unparsed>".to_string();
+        };
+        let mask = if is_constant(t.token) {
+            "?"
+        } else if comment.contains(&t.token) {
+            " "
+        } else if t.token == Token::Uident as i32
+            || (word.starts_with('"') && !plain_name(word.trim_matches('"')))
+        {
+            "\"?\""
+        } else {
+            continue;
+        };
+        out.push_str(text.get(at..start).unwrap_or_default());
+        out.push_str(mask);
+        at = end;
     }
     out.push_str(text.get(at..).unwrap_or_default());
     out
+}
+
+/// Whether a quoted identifier's content looks like a name (letters,
+/// digits, `_`, `$`), which the audit fingerprint keeps.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 #[cfg(test)]

@@ -21,9 +21,12 @@ pub fn needs_analysis(text: &str, watched: &Watched, tainted: &[String]) -> bool
     // the lexer.
     let lower = text.to_lowercase();
     let may_name = |n: &String| n.contains('"') || lower.contains(n.as_str());
+    // Code in an escape string (`DO E'...'`) may spell a name in escapes.
+    let escaped_code = lower.contains("e'")
+        && (lower.contains("do") || lower.contains("function") || lower.contains("procedure"));
     let may_hit = lower.contains("u&")
-        || lower.contains("to_xml")
-        || lower.contains("dblink")
+        || escaped_code
+        || referee::REFUSED_HINTS.iter().any(|h| lower.contains(h))
         || watched.names.iter().any(may_name)
         || tainted
             .iter()
@@ -50,10 +53,19 @@ pub fn needs_analysis(text: &str, watched: &Watched, tainted: &[String]) -> bool
         Some(scan) => {
             scan.hit
                 || (scan.bodies && words_hit(text, watched, tainted))
+                || (scan.bodies && bodies_hit(text, scan, watched, tainted))
                 || (scan.renames && names_schema(text, watched))
         }
         None => words_hit(text, watched, tainted),
     }
+}
+
+/// Whether the decoded code in `text`'s escape or Unicode strings names a
+/// watched or tainted word (or PostgreSQL cannot parse it).
+fn bodies_hit(text: &str, scan: referee::NameScan, watched: &Watched, tainted: &[String]) -> bool {
+    scan.escaped
+        && referee::code_bodies(text)
+            .is_none_or(|bodies| bodies.iter().any(|b| words_hit(b, watched, tainted)))
 }
 
 /// Whether `text` names a schema holding configured tables.
@@ -125,6 +137,24 @@ mod tests {
         ));
         assert!(needs_analysis(
             "select schema_to_xml('crm', true, false, '')",
+            &watched(),
+            &[]
+        ));
+    }
+
+    #[test]
+    fn decodes_code_in_escape_and_unicode_strings() {
+        for sql in [
+            "DO E'BEGIN DELETE FROM \\x63ustomers; END'",
+            "DO U&'BEGIN DELETE FROM !0063ustomers; END' UESCAPE '!'",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS E'DELETE FROM \\143ustomers'",
+            "select cron.schedule('x', '* * * * *', 'select 1')",
+            "select * from crosstab('select 1')",
+        ] {
+            assert!(needs_analysis(sql, &watched(), &[]), "{sql}");
+        }
+        assert!(!needs_analysis(
+            "DO E'BEGIN PERFORM 1; END'",
             &watched(),
             &[]
         ));

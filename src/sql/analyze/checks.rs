@@ -44,7 +44,7 @@ pub(super) fn same_statements(ranges: &[Range<usize>], referee: &Referee) -> boo
 pub(super) fn referee_checks(
     facts: &Facts,
     configured: &[(String, String)],
-    after_ddl: referee::DdlEffect,
+    after_ddl: &[referee::DdlEffect],
     catalog: &Catalog,
 ) -> R<()> {
     if let Some(f) = facts
@@ -73,16 +73,49 @@ pub(super) fn referee_checks(
             "unsupported",
         ));
     }
-    // After DDL that derives relations from encrypted ones, a relation the
-    // catalog does not know may be one it created; after a rename, any name.
-    let unsure = match after_ddl {
-        referee::DdlEffect::None => false,
-        referee::DdlEffect::Derives => facts
-            .relations
-            .iter()
-            .any(|r| !catalog.relations().iter().any(|c| c.name == r.name)),
-        referee::DdlEffect::Renames => !facts.relations.is_empty() || !facts.prepared.is_empty(),
-    };
+    if let Some(s) = facts
+        .schemas_renamed_to
+        .iter()
+        .find(|s| configured.iter().any(|(cs, _)| cs == *s))
+    {
+        return Err(Refusal::general(
+            format!(
+                "renaming a schema to {s}, which the configuration names (its tables' rows were \
+                 not written through pgveil)"
+            ),
+            "unsupported",
+        ));
+    }
+    if let Some(r) = facts
+        .renamed_to
+        .iter()
+        .find(|r| names_configured(r, configured))
+    {
+        return Err(Refusal::general(
+            format!(
+                "renaming or moving a table to {}, which the configuration names (its rows were \
+                 not written through pgveil)",
+                r.name
+            ),
+            "unsupported",
+        ));
+    }
+    if let Some(r) = facts.attached_to.iter().find(|r| {
+        names_configured(r, configured) || catalog.relations().iter().any(|c| c.name == r.name)
+    }) {
+        return Err(Refusal::general(
+            format!(
+                "attaching an existing table to {} as a child or partition (its rows were not \
+                 written through pgveil); create it with INHERITS or PARTITION OF and copy the \
+                 rows through pgveil",
+                r.name
+            ),
+            "unsupported",
+        ));
+    }
+    let unsure = after_ddl
+        .iter()
+        .any(|e| unsure_after(*e, facts, configured, catalog));
     if unsure {
         return Err(Refusal::general(
             "a statement after DDL on encrypted tables in the same Query or pipeline; send the \
@@ -91,6 +124,46 @@ pub(super) fn referee_checks(
         ));
     }
     Ok(())
+}
+
+/// Whether a statement that follows DDL with `effect` in the same Query
+/// may be judged against a catalog the DDL has changed.
+fn unsure_after(
+    effect: referee::DdlEffect,
+    facts: &Facts,
+    configured: &[(String, String)],
+    catalog: &Catalog,
+) -> bool {
+    let known = |r: &referee::RelName| catalog.relations().iter().any(|c| c.name == r.name);
+    match effect {
+        referee::DdlEffect::None => false,
+        // Columns, positions or children of a known relation changed:
+        // what reads or writes rows by them is unsure, further DDL (judged
+        // by the configuration's names) is not.
+        referee::DdlEffect::Alters => {
+            const DDL: [&str; 4] = ["AlterTableStmt", "IndexStmt", "CommentStmt", "DropStmt"];
+            if DDL.contains(&facts.kind.as_str()) {
+                return false;
+            }
+            !facts.prepared.is_empty()
+                || facts
+                    .relations
+                    .iter()
+                    .any(|r| names_configured(r, configured) || known(r))
+        }
+        // A relation the catalog does not know may be one it created.
+        referee::DdlEffect::Derives => facts.relations.iter().any(|r| !known(r)),
+        // Any name may now mean another.
+        referee::DdlEffect::Renames => !facts.relations.is_empty() || !facts.prepared.is_empty(),
+    }
+}
+
+/// Whether `r` may be a configured table: its name is configured in its
+/// schema, or in any schema where it was written unqualified.
+fn names_configured(r: &referee::RelName, configured: &[(String, String)]) -> bool {
+    configured
+        .iter()
+        .any(|(s, t)| *t == r.name && r.schema.as_ref().is_none_or(|rs| rs == s))
 }
 
 /// DDL whose expressions the catalog stores (CHECK, generated columns,

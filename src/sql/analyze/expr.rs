@@ -103,7 +103,8 @@ impl<'c, 'a> Ctx<'c, 'a> {
             other => {
                 // Anything not modelled: acceptable only if it cannot
                 // involve an encrypted column.
-                if self.watched.mentioned_in(&other.to_string()) {
+                let text = other.to_string();
+                if self.watched.mentioned_in(&text) || self.names_encrypted_rel(scope, &text) {
                     Err(Refusal::general(
                         "an expression pgveil cannot analyse involves an encrypted table or column",
                         "unparsed",

@@ -153,7 +153,8 @@ pub struct Watched {
     pub names: Vec<String>,
     /// Configured columns as `(schema, table, column)`.
     pub columns: Vec<(String, String, String)>,
-    /// Schemas holding configured tables (a rename of one is refused).
+    /// Schemas holding configured tables (a rename of one is refused) or
+    /// relations derived from them (a rename reloads the catalog).
     pub schemas: Vec<String>,
 }
 
@@ -169,7 +170,13 @@ impl Watched {
         names.extend(columns.iter().map(|(_, _, c)| c.to_lowercase()));
         names.sort();
         names.dedup();
-        let mut schemas: Vec<String> = configured.iter().map(|(s, _)| s.clone()).collect();
+        // Schemas of views and children too: a rename of one changes
+        // their names, so the catalog must be read again after it.
+        let mut schemas: Vec<String> = configured
+            .iter()
+            .map(|(s, _)| s.clone())
+            .chain(catalog.relations().iter().map(|r| r.schema.clone()))
+            .collect();
         schemas.sort();
         schemas.dedup();
         Watched {
@@ -191,9 +198,20 @@ impl Watched {
         match referee::scan_names(text, |w| {
             self.names.iter().any(|n| n == w) || referee::refused_function(w)
         }) {
-            Some(scan) => scan.hit || (scan.bodies && self.mentioned_in(text)),
+            Some(scan) => {
+                scan.hit || (scan.bodies && (self.mentioned_in(text) || self.in_bodies(text, scan)))
+            }
             None => self.mentioned_in(text),
         }
+    }
+
+    /// Whether the decoded code bodies of `text` (escape or Unicode
+    /// strings, whose written words differ) name anything watched; true
+    /// when PostgreSQL cannot parse them.
+    pub fn in_bodies(&self, text: &str, scan: referee::NameScan) -> bool {
+        scan.escaped
+            && referee::code_bodies(text)
+                .is_none_or(|bodies| bodies.iter().any(|b| self.mentioned_in(b)))
     }
 
     /// Whether any watched name occurs as a word in `text`.
@@ -575,19 +593,22 @@ pub fn analyze(
         }
     };
     let mut analysis = Analysis::default();
-    let mut after_ddl = referee::DdlEffect::None;
+    let mut after_ddl: Vec<referee::DdlEffect> = Vec::new();
     let statements = reading.statements.iter().zip(reading.ranges);
     for ((stmt, range), facts) in statements.zip(&reading.referee.statements) {
         let stmt_text = &text[range.clone()];
-        if let Err(r) = referee_checks(facts, configured, after_ddl, catalog) {
+        if let Err(r) = referee_checks(facts, configured, &after_ddl, catalog) {
             analysis.refusal = Some(r);
             break;
         }
-        if let Some(plan) = unanalysed(stmt, &range, facts, stmt_text, watched) {
+        if let Some(mut plan) = unanalysed(stmt, &range, facts, stmt_text, watched) {
+            plan.refresh_catalog |= facts.effect != referee::DdlEffect::None;
             analysis.statements.push(plan);
             continue;
         }
-        after_ddl = after_ddl.max(facts.effect);
+        if facts.effect != referee::DdlEffect::None && !after_ddl.contains(&facts.effect) {
+            after_ddl.push(facts.effect);
+        }
         if let Err(r) = stored_expressions(facts, watched) {
             analysis.refusal = Some(r);
             break;
@@ -598,9 +619,11 @@ pub fn analyze(
             analysis.stale = true;
         }
         match result {
-            Ok(outputs) => analysis
-                .statements
-                .push(ctx.into_plan(stmt, range, outputs)),
+            Ok(outputs) => {
+                let mut plan = ctx.into_plan(stmt, range, outputs);
+                plan.refresh_catalog |= facts.effect != referee::DdlEffect::None;
+                analysis.statements.push(plan);
+            }
             Err(r) => {
                 analysis.refusal = Some(r);
                 break;

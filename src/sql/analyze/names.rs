@@ -8,13 +8,16 @@ use sqlparser::ast::{
 
 use super::Out;
 
-/// Identifier as PostgreSQL folds it.
+/// Identifier as PostgreSQL folds it: unquoted ASCII letters lower-cased
+/// (other letters kept, as in UTF-8 databases), cut to 63 bytes.
 pub(super) fn norm(i: &Ident) -> String {
-    if i.quote_style.is_some() {
+    let mut name = if i.quote_style.is_some() {
         i.value.clone()
     } else {
-        i.value.to_lowercase()
-    }
+        i.value.to_ascii_lowercase()
+    };
+    name.truncate(crate::sql::referee::truncated_len(&name));
+    name
 }
 
 /// The parts of a qualified name, each folded as PostgreSQL folds it.

@@ -394,6 +394,26 @@ impl<'c, 'a> Ctx<'c, 'a> {
         }
     }
 
+    /// Whether a word of `text` is the name, in scope, of a relation with
+    /// encrypted columns (`(c).to_json` reads the row of `c` whole).
+    pub(super) fn names_encrypted_rel(&self, scope: &Scope<'_, 'c>, text: &str) -> bool {
+        let words: Vec<String> = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .map(str::to_lowercase)
+            .collect();
+        let mut level = Some(scope);
+        while let Some(s) = level {
+            if s.rels.iter().any(|rel| {
+                words.iter().any(|w| *w == rel.name.to_lowercase())
+                    && self.whole_row(s, &rel.name).is_err()
+            }) {
+                return true;
+            }
+            level = s.parent;
+        }
+        false
+    }
+
     /// Refuses a whole-row reference to a relation holding ciphertext.
     pub(super) fn whole_row(&self, scope: &Scope<'_, 'c>, name: &str) -> R<()> {
         let mut level = Some(scope);
@@ -440,6 +460,10 @@ fn join_constraint(op: &JoinOperator) -> R<&JoinConstraint> {
     }
 }
 
+/// PostgreSQL's system columns, which every table has but the catalog of
+/// pgveil does not list.
+const SYSTEM_COLUMNS: [&str; 6] = ["tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"];
+
 /// A qualified reference to a relation of `s` that has no column `col` as
 /// pgveil names its outputs: plain, unless the relation also has encrypted
 /// outputs (pgveil may have named one differently from PostgreSQL, so it
@@ -449,9 +473,25 @@ fn missing_column(s: &Scope<'_, '_>, qualifier: Option<&[String]>, col: &str) ->
         .rels
         .iter()
         .filter(|r| qualifier.and_then(|q| q.last()) == Some(&r.name));
-    let mut named = named.peekable();
-    if qualifier.is_some() && named.peek().is_some() {
-        if named.any(|r| match &r.source {
+    let named: Vec<&Rel<'_>> = named.collect();
+    if qualifier.is_some() && !named.is_empty() {
+        if named.iter().any(|r| match &r.source {
+            RelSource::Catalog(rel) => {
+                !SYSTEM_COLUMNS.contains(&col) && rel.columns.iter().any(|c| c.encrypted.is_some())
+            }
+            _ => false,
+        }) {
+            // Functional notation (`p.row_to_json`) is a function call on
+            // the whole row; anything else is a column the catalog lacks.
+            return Err(Refusal::general(
+                format!(
+                    "{col} is not a column pgveil knows of a table with encrypted columns \
+                     (functional notation on its rows would read them whole)"
+                ),
+                "function",
+            ));
+        }
+        if named.iter().any(|r| match &r.source {
             RelSource::Derived(outs) => outs.iter().any(|o| matches!(o.class, Class::Enc { .. })),
             _ => false,
         }) {

@@ -742,3 +742,86 @@ fn numbers_and_negative_literals() {
     assert!(a.refusal.is_none(), "{:?}", a.refusal);
     assert_eq!(edit_texts(sql, &a), vec!["-5", "7::int4"]);
 }
+
+#[test]
+fn tables_never_become_configured_ones_with_their_rows() {
+    for sql in [
+        "ALTER TABLE public.staging RENAME TO customers",
+        "ALTER TABLE staging RENAME TO leads",
+        "ALTER TABLE other.customers SET SCHEMA public",
+        "ALTER TABLE public.stg INHERIT public.customers",
+        "ALTER TABLE public.customers ATTACH PARTITION public.stg FOR VALUES IN (1)",
+    ] {
+        let r = refused(sql);
+        assert!(r.message().contains("pgveil"), "{sql}: {r:?}");
+    }
+    // Detaching, and renaming unrelated tables, pass.
+    assert!(
+        run("ALTER TABLE public.customers DETACH PARTITION public.p1")
+            .refusal
+            .is_none()
+    );
+    assert!(
+        run("ALTER TABLE public.stg RENAME TO stg2")
+            .refusal
+            .is_none()
+    );
+}
+
+#[test]
+fn renames_and_moves_reload_the_catalog() {
+    let a = run("ALTER SCHEMA public RENAME TO p2");
+    // `public` holds the configured tables: refused.
+    assert!(a.refusal.is_some());
+    let a = run("ALTER VIEW v2 SET SCHEMA x");
+    assert!(
+        a.refusal.is_none() && a.statements[0].refresh_catalog,
+        "{a:?}"
+    );
+}
+
+#[test]
+fn functional_notation_and_unknown_columns_of_encrypted_tables_are_refused() {
+    refused("SELECT c.row_to_json FROM customers c");
+    refused("SELECT (c).to_json FROM customers c");
+    assert!(
+        run("SELECT c.xmin, c.ctid FROM customers c")
+            .refusal
+            .is_none()
+    );
+}
+
+#[test]
+fn functions_running_sql_from_strings_are_refused() {
+    for sql in [
+        "SELECT * FROM crosstab('select 1, 2, 3') AS t(a int, b int)",
+        "SELECT * FROM ts_stat('select to_tsvector(email) from customers')",
+        "SELECT cron.schedule('j', '* * * * *', 'delete from customers')",
+        "SELECT * FROM connectby('customers', 'id', 'score', '1', 0) AS t(a int, b int, c int)",
+    ] {
+        refused(sql);
+    }
+}
+
+#[test]
+fn long_identifiers_are_cut_as_postgresql_cuts_them() {
+    let name = "a".repeat(70);
+    let i = sqlparser::ast::Ident::new(name);
+    assert_eq!(norm(&i).len(), 63);
+}
+
+#[test]
+fn rows_after_altering_ddl_in_one_query_are_refused() {
+    // Dropping a column shifts positions: the INSERT would be judged by
+    // the old ones (plaintext into `email`).
+    refused(
+        "ALTER TABLE customers DROP COLUMN id; INSERT INTO customers VALUES ('secret', '2000-01-01', 1)",
+    );
+    refused("ALTER TABLE leads DROP COLUMN phone; INSERT INTO customers (email) VALUES ('x')");
+    // Further DDL, and statements on unrelated tables, pass.
+    assert!(
+        run("ALTER TABLE customers ADD COLUMN note text; CREATE INDEX ON customers (note); SELECT 1 FROM notes")
+            .refusal
+            .is_none()
+    );
+}
