@@ -710,7 +710,12 @@ fn node(kind: &str, body: &Value, facts: &mut Facts) {
 /// `through` (an index), never anything after them; whatever the lexer
 /// still sees as a constant afterwards is masked too. `<unparsed>` where
 /// PostgreSQL's parser cannot read the text (nothing of it is shown).
-pub fn fingerprint(text: &str, through: Option<usize>) -> String {
+///
+/// A quoted identifier is kept only where it cannot be a value written
+/// with the wrong quotes (`email = "ada"`): when it is part of a qualified
+/// name (next to a `.`) or `known` says it names something (pgveil's
+/// watched tables, columns and schemas).
+pub fn fingerprint(text: &str, through: Option<usize>, known: &dyn Fn(&str) -> bool) -> String {
     let Ok(parts) = pg_query::split_with_scanner(text) else {
         return "<unparsed>".to_string();
     };
@@ -724,7 +729,7 @@ pub fn fingerprint(text: &str, through: Option<usize>) -> String {
             out.push("<unparsed>".to_string());
             break;
         };
-        out.push(mask_constants(normal.trim()));
+        out.push(mask_constants(normal.trim(), known));
     }
     let joined = out.join("; ");
     let joined: String = joined.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -740,32 +745,57 @@ pub fn fingerprint(text: &str, through: Option<usize>) -> String {
 
 /// Replaces every constant token left in a normalised statement with `?`
 /// (normalisation keeps some, such as type modifiers), drops comments, and
-/// masks quoted identifiers that do not look like names (`"ada@x.com"`
-/// written by mistake for a string); on a lexer failure nothing is kept.
-fn mask_constants(text: &str) -> String {
+/// masks quoted identifiers that could be values written with the wrong
+/// quotes (see [`fingerprint`]); on a lexer failure nothing is kept.
+fn mask_constants(text: &str, known: &dyn Fn(&str) -> bool) -> String {
     let Some(toks) = raw_tokens(text) else {
         return "<unparsed>".to_string();
     };
     let comment = [Token::SqlComment as i32, Token::CComment as i32];
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for t in toks {
+    let dot = i32::from(b'.');
+    let mut spans = Vec::with_capacity(toks.len());
+    for t in &toks {
         let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
             return "<unparsed>".to_string();
         };
-        let Some(word) = text.get(start..end) else {
+        if text.get(start..end).is_none() {
             return "<unparsed>".to_string();
-        };
-        let mask = if is_constant(t.token) {
-            "?"
-        } else if comment.contains(&t.token) {
+        }
+        spans.push((start, end));
+    }
+    // The neighbours of a token, comments skipped: a comment does not
+    // separate a name from its dot.
+    let solid: Vec<usize> = (0..toks.len())
+        .filter(|&i| !comment.contains(&toks[i].token))
+        .collect();
+    let beside_dot = |k: usize| {
+        (k > 0 && toks[solid[k - 1]].token == dot)
+            || solid.get(k + 1).is_some_and(|&j| toks[j].token == dot)
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let mut k = 0;
+    for (i, t) in toks.iter().enumerate() {
+        let (start, end) = spans[i];
+        let word = text.get(start..end).unwrap_or_default();
+        let mask = if comment.contains(&t.token) {
             " "
-        } else if t.token == Token::Uident as i32
-            || (word.starts_with('"') && !plain_name(word.trim_matches('"')))
-        {
-            "\"?\""
         } else {
-            continue;
+            let here = k;
+            k += 1;
+            if is_constant(t.token) {
+                "?"
+            } else if t.token == Token::Uident as i32 {
+                "\"?\""
+            } else if word.starts_with('"') {
+                let name = word.trim_matches('"');
+                if plain_name(name) && (beside_dot(here) || known(name)) {
+                    continue;
+                }
+                "\"?\""
+            } else {
+                continue;
+            }
         };
         out.push_str(text.get(at..start).unwrap_or_default());
         out.push_str(mask);
@@ -776,7 +806,7 @@ fn mask_constants(text: &str) -> String {
 }
 
 /// Whether a quoted identifier's content looks like a name (letters,
-/// digits, `_`, `$`), which the audit fingerprint keeps.
+/// digits, `_`, `$`), the only kind the audit fingerprint may keep.
 fn plain_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -881,17 +911,41 @@ mod tests {
         let f = fingerprint(
             "SELECT * FROM c WHERE email = 'ada@x' AND id IN (1, 2)",
             None,
+            &|_| false,
         );
         assert!(!f.contains("ada"), "{f}");
         assert!(f.contains("$1"), "{f}");
         let f = fingerprint(
             "COPY sales.people (id, email) FROM STDIN;\n1\tsecret@x\n\\.\n",
             None,
+            &|_| false,
         );
         assert!(!f.contains("secret"), "{f}");
-        let f = fingerprint("select 1; select 'secret'", Some(0));
+        let f = fingerprint("select 1; select 'secret'", Some(0), &|_| false);
         assert!(!f.contains("secret"), "{f}");
-        let f = fingerprint("create table t (a varchar(20) default 'secret')", None);
+        let f = fingerprint(
+            "create table t (a varchar(20) default 'secret')",
+            None,
+            &|_| false,
+        );
         assert!(!f.contains("secret") && !f.contains("20"), "{f}");
+    }
+
+    #[test]
+    fn fingerprint_masks_values_in_the_wrong_quotes() {
+        let known = |n: &str| n == "email" || n == "people";
+        let f = fingerprint(
+            r#"SELECT "p"."id" FROM "people" p WHERE "email" = "ada" OR /* c */ "email" = U&"bob" OR x = "a b""#,
+            None,
+            &known,
+        );
+        assert_eq!(
+            f,
+            r#"SELECT "p"."id" FROM "people" p WHERE "email" = "?" OR "email" = "?" OR x = "?""#
+        );
+        let f = fingerprint(r#"INSERT INTO t ("email") VALUES ("carol")"#, None, &known);
+        assert!(!f.contains("carol") && f.contains(r#"("email")"#), "{f}");
+        let f = fingerprint(r#"SELECT "s" /* x */ . "t""#, None, &|_| false);
+        assert!(f.contains(r#""s""#) && f.contains(r#""t""#), "{f}");
     }
 }

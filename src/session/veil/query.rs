@@ -479,7 +479,16 @@ fn count_refusal(veil: &Veil, text: &str, refusal: &Refusal, protocol: &str, ref
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
           reason = refusal.reason, column = refusal.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::referee::fingerprint(text, Some(refused)), "statement refused");
+          fingerprint = %audit_fingerprint(veil, text, Some(refused)), "statement refused");
+}
+
+/// The audit fingerprint of `text`, keeping the quoted names this session
+/// watches (see [`crate::sql::referee::fingerprint`]).
+fn audit_fingerprint(veil: &Veil, text: &str, through: Option<usize>) -> String {
+    let watched = veil.state().watched.as_ref().map(|(_, w)| w.clone());
+    crate::sql::referee::fingerprint(text, through, &|name: &str| {
+        watched.as_ref().is_some_and(|w| w.is_name(name))
+    })
 }
 
 /// A statement that would be refused, forwarded because
@@ -493,7 +502,7 @@ pub(super) fn passthrough_refusal(veil: &Veil, text: &str, r: &Refusal, protocol
         .inc();
     warn!(target: "audit", client = %veil.peer, database = %veil.database, user = %veil.user,
           reason = r.reason, column = r.column.as_deref().unwrap_or(""),
-          fingerprint = %crate::sql::referee::fingerprint(text, None),
+          fingerprint = %audit_fingerprint(veil, text, None),
           "statement would be refused; forwarded because policy.on_unsupported = passthrough");
     shared
         .metrics

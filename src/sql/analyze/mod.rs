@@ -186,6 +186,14 @@ impl Watched {
         }
     }
 
+    /// Whether `name` (case-insensitively) is a watched table, view,
+    /// column or schema: a name the audit log may show.
+    pub fn is_name(&self, name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        self.names.binary_search(&n).is_ok()
+            || self.schemas.iter().any(|s| s.eq_ignore_ascii_case(&n))
+    }
+
     /// Whether `text` names anything watched, by PostgreSQL's lexer: an
     /// identifier or keyword equal to a watched name, or a Unicode-escaped
     /// identifier. Constants and comments are not names, except where the
