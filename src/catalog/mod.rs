@@ -152,14 +152,44 @@ pub fn configured_tables(config: &Config) -> Vec<(String, String)> {
     out
 }
 
+/// A string constant that means the same whatever the session's
+/// `standard_conforming_strings`: an escape string, backslashes doubled.
 fn sql_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// The statements the session runs (as one simple Query) to learn the
-/// catalog. Results, in order: columns of configured tables and of views
-/// over them; view definitions; the search path.
-pub fn load_query(config: &Config) -> String {
+/// `a = b` with PostgreSQL's own operator, whatever the session's
+/// `search_path` holds: a client may define `public.=` and put `public`
+/// before `pg_catalog`, and pgveil's catalog query must not lose a row to
+/// it. Every comparison in [`load_query`] goes through this.
+fn eq(a: &str, b: &str) -> String {
+    format!("{a} OPERATOR(pg_catalog.=) {b}")
+}
+
+/// The first of the two Queries the session runs to learn the catalog:
+/// the session's `search_path` as set (to restore it), and the schemas it
+/// resolves names in. See [`load_query`] for why there are two.
+pub const PATH_QUERY: &str = "SELECT pg_catalog.current_setting(E'search_path'); \
+     SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) \
+     WITH ORDINALITY AS u(s, i) ORDER BY i";
+
+/// The second Query: with the `search_path` switched to `pg_catalog`
+/// for its own duration, the columns of configured tables and of
+/// relations over them; view definitions; inheritance edges; columns of
+/// configured tables' ancestors; then `saved_path` (the first Query's
+/// answer) restored.
+///
+/// It runs on the client's own connection, so it names every function,
+/// type and operator with its schema and writes its constants as escape
+/// strings; and because `pg_get_viewdef` runs queries of its own that do
+/// not (an `=` the session defined ahead of `pg_catalog` could make it
+/// return another view's definition), the path is switched with
+/// `set_config(..., true)`, local to the transaction, and set back to the
+/// value it had: inside the client's transaction block the rest of the
+/// block sees its own value, and its end restores what it would have
+/// restored anyway; outside one, the Query's implicit transaction ends
+/// with it. Nothing the session defined or set changes what it means.
+pub fn load_query(config: &Config, saved_path: &str) -> String {
     let tables = configured_tables(config);
     let mut values = String::new();
     for (i, (schema, table)) in tables.iter().enumerate() {
@@ -171,10 +201,16 @@ pub fn load_query(config: &Config) -> String {
     if values.is_empty() {
         values.push_str("(NULL, NULL)");
     }
+    let relnamespace = eq("n.oid", "c.relnamespace");
     let base = format!(
         "SELECT c.oid FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND (n.nspname, c.relname) IN (VALUES {values})"
+         JOIN pg_catalog.pg_namespace n ON {relnamespace} \
+         WHERE ({} OR {}) AND EXISTS (SELECT FROM (VALUES {values}) v(s, t) \
+         WHERE {} AND {})",
+        eq("c.relkind", "'r'"),
+        eq("c.relkind", "'p'"),
+        eq("n.nspname", "v.s::pg_catalog.name"),
+        eq("c.relname", "v.t::pg_catalog.name"),
     );
     // Everything that exposes a configured table's columns: views (through
     // pg_rewrite), and inheritance children and partitions (pg_inherits),
@@ -182,37 +218,67 @@ pub fn load_query(config: &Config) -> String {
     let rels = format!(
         "WITH RECURSIVE edges(parent, child) AS (\
          SELECT d.refobjid, r.ev_class FROM pg_catalog.pg_depend d \
-         JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid \
-         WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+         JOIN pg_catalog.pg_rewrite r ON {} AND {} \
+         WHERE {} \
          UNION ALL SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i), \
          rels(oid) AS ({base} UNION \
-         SELECT e.child FROM edges e JOIN rels ON e.parent = rels.oid WHERE e.child <> rels.oid)"
+         SELECT e.child FROM edges e JOIN rels ON {} WHERE NOT ({}))",
+        eq("d.classid", "'pg_catalog.pg_rewrite'::pg_catalog.regclass"),
+        eq("r.oid", "d.objid"),
+        eq("d.refclassid", "'pg_catalog.pg_class'::pg_catalog.regclass"),
+        eq("e.parent", "rels.oid"),
+        eq("e.child", "rels.oid"),
     );
+    let columns = format!(
+        "SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
+         c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
+         t.typname::pg_catalog.text, a.atthasdef, NOT ({}) \
+         FROM {{from}} JOIN pg_catalog.pg_class c ON {} \
+         JOIN pg_catalog.pg_namespace n ON {relnamespace} \
+         JOIN pg_catalog.pg_attribute a ON {} AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+         JOIN pg_catalog.pg_type t ON {} \
+         ORDER BY 1, 5",
+        eq("a.attgenerated", "''"),
+        eq("c.oid", "{from}.oid"),
+        eq("a.attrelid", "c.oid"),
+        eq("t.oid", "a.atttypid"),
+    );
+    let from = |rel: &str| columns.replace("{from}", rel);
     format!(
-        "{rels} SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
-         c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
-         t.typname::pg_catalog.text, a.atthasdef, a.attgenerated <> '' \
-         FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-         ORDER BY 1, 5; \
+        "SELECT pg_catalog.set_config(E'search_path', E'pg_catalog, pg_temp', true); \
+         {rels} {}; \
          {rels} SELECT c.oid::pg_catalog.int8, pg_catalog.pg_get_viewdef(c.oid) \
-         FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid WHERE c.relkind IN ('v', 'm') ORDER BY 1; \
-         SELECT s::pg_catalog.text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, i) ORDER BY i; \
+         FROM rels JOIN pg_catalog.pg_class c ON {} WHERE {} OR {} ORDER BY 1; \
          {rels} SELECT i.inhrelid::pg_catalog.int8, i.inhparent::pg_catalog.int8 \
-         FROM pg_catalog.pg_inherits i JOIN rels ON rels.oid = i.inhrelid ORDER BY 1; \
-         WITH RECURSIVE anc(oid) AS (SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid IN ({base}) \
-         UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN anc ON i.inhrelid = anc.oid) \
-         SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
-         c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
-         t.typname::pg_catalog.text, a.atthasdef, a.attgenerated <> '' \
-         FROM anc JOIN pg_catalog.pg_class c ON c.oid = anc.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-         ORDER BY 1, 5"
+         FROM pg_catalog.pg_inherits i JOIN rels ON {} ORDER BY 1; \
+         WITH RECURSIVE anc(oid) AS (SELECT i.inhparent FROM pg_catalog.pg_inherits i \
+         WHERE i.inhrelid OPERATOR(pg_catalog.=) ANY ({base}) \
+         UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN anc ON {}) {}; \
+         SELECT pg_catalog.set_config(E'search_path', {}, true)",
+        from("rels"),
+        eq("c.oid", "rels.oid"),
+        eq("c.relkind", "'v'"),
+        eq("c.relkind", "'m'"),
+        eq("rels.oid", "i.inhrelid"),
+        eq("i.inhrelid", "anc.oid"),
+        from("anc"),
+        sql_string(saved_path),
     )
+}
+
+/// The result sets of [`PATH_QUERY`] and [`load_query`] in the order
+/// [`Catalog::build`] reads them: columns, view definitions, search path,
+/// inheritance edges, ancestors' columns. `None` when a Query did not
+/// answer with as many result sets as it has statements.
+pub fn catalog_results(path: Vec<Rows>, load: Vec<Rows>) -> Option<Vec<Rows>> {
+    let [_, schemas]: [Rows; 2] = path.try_into().ok()?;
+    let [_, columns, views, inherits, ancestors, _]: [Rows; 6] = load.try_into().ok()?;
+    Some(vec![columns, views, schemas, inherits, ancestors])
+}
+
+/// The `search_path` the session had, from [`PATH_QUERY`]'s first result.
+pub fn saved_path(path: &[Rows]) -> Option<&str> {
+    path.first()?.first()?.first()?.as_deref()
 }
 
 /// Rows of one result set, as text (None for NULL).
@@ -536,6 +602,22 @@ mod tests {
     fn load_query_quotes_names() {
         let mut cfg = config();
         cfg.encrypt[0].table = toml::Spanned::new(0..0, "o'neil".to_string());
-        assert!(load_query(&cfg).contains("'o''neil'"));
+        let q = load_query(&cfg, "x");
+        assert!(q.contains("E'o''neil'"));
+        cfg.encrypt[0].table = toml::Spanned::new(0..0, "a\\b".to_string());
+        assert!(load_query(&cfg, "x").contains("E'a\\\\b'"));
+        assert!(load_query(&cfg, "\"$user\", o'k").ends_with("E'\"$user\", o''k', true)"));
+    }
+
+    #[test]
+    fn load_query_uses_only_pg_catalog_operators() {
+        let q = format!("{PATH_QUERY}; {}", load_query(&config(), "public"));
+        // No bare comparison operator: each one is OPERATOR(pg_catalog.x).
+        let bare = q
+            .replace("OPERATOR(pg_catalog.=)", "")
+            .replace("OPERATOR(pg_catalog.>)", "");
+        for op in ["=", "<", ">", " IN "] {
+            assert!(!bare.contains(op), "bare {op:?} in {bare}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct Shared {
     /// Catalogs by (database, user).
     catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
     catalog_generation: std::sync::atomic::AtomicU64,
+    /// Bumped by every invalidation: a load that started before one must
+    /// not be cached (it may predate the change that caused it).
+    catalog_epoch: std::sync::atomic::AtomicU64,
     /// Analyses by (catalog generation, statement text).
     plans: std::sync::Mutex<PlanCache>,
     /// TLS settings of both hops; replaced as a whole when SIGHUP re-reads
@@ -93,6 +96,7 @@ impl Shared {
             log_reload: None,
             catalogs: std::sync::Mutex::new(HashMap::new()),
             catalog_generation: std::sync::atomic::AtomicU64::new(1),
+            catalog_epoch: std::sync::atomic::AtomicU64::new(0),
             plans: std::sync::Mutex::new(PlanCache::default()),
             tls: std::sync::RwLock::new(Arc::new(tls)),
             auth_lookup: Lookup::default(),
@@ -205,17 +209,33 @@ impl Shared {
         self.catalogs.lock().ok()?.get(key).cloned()
     }
 
-    /// Caches a freshly loaded catalog.
-    pub fn store_catalog(&self, key: (String, String), catalog: Arc<Catalog>) {
-        if let Ok(mut map) = self.catalogs.lock() {
-            map.insert(key, catalog);
-        }
+    /// The invalidation epoch now: read before a catalog load starts.
+    pub fn catalog_epoch(&self) -> u64 {
+        self.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Forgets the catalogs of a database (after DDL): every session of it
-    /// reloads before its next statement.
+    /// Caches a freshly loaded catalog, unless a catalog was invalidated
+    /// since the load started (`epoch`): then it may predate that change,
+    /// and `false` says so (the caller loads again).
+    pub fn store_catalog(&self, key: (String, String), catalog: Arc<Catalog>, epoch: u64) -> bool {
+        let Ok(mut map) = self.catalogs.lock() else {
+            return false;
+        };
+        // Compared under the lock invalidations take too.
+        if self.catalog_epoch() != epoch {
+            return false;
+        }
+        map.insert(key, catalog);
+        true
+    }
+
+    /// Forgets the catalogs of a database (after DDL, and when a
+    /// transaction that ran DDL ends): every session of it reloads before
+    /// its next statement.
     pub fn invalidate_catalog(&self, key: &(String, String)) {
         if let Ok(mut map) = self.catalogs.lock() {
+            self.catalog_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             map.retain(|k, _| k.0 != key.0);
         }
     }
@@ -223,6 +243,8 @@ impl Shared {
     /// Forgets every catalog (SIGHUP).
     pub fn invalidate_all_catalogs(&self) {
         if let Ok(mut map) = self.catalogs.lock() {
+            self.catalog_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             map.clear();
         }
     }

@@ -15,13 +15,17 @@ use crate::protocol::messages::query;
 use crate::shared::Encryption;
 use crate::sql::analyze::{Watched, view_columns};
 
+/// How many times a load is repeated when another session's DDL ends
+/// while it runs (the load may predate that DDL).
+const LOAD_ATTEMPTS: usize = 3;
+
 /// Catalog for this session's database, loading it if needed. `None` when
 /// it cannot be loaded (then statements needing analysis are refused).
 pub(super) async fn ensure_catalog<W: AsyncWrite + Unpin>(
     veil: &Veil,
     writer: &mut W,
 ) -> Option<Arc<Catalog>> {
-    if let Some(c) = veil.shared.catalog_cached(&veil.key()) {
+    if let Some(c) = veil.cached_catalog() {
         return Some(c);
     }
     if veil.state().ext.in_batch {
@@ -29,28 +33,31 @@ pub(super) async fn ensure_catalog<W: AsyncWrite + Unpin>(
         // its implicit transaction, or be skipped after an error in it.
         return None;
     }
-    let (tx, rx) = oneshot::channel();
-    veil.state()
-        .pending
-        .push_back(Pending::Catalog(CatalogLoad {
-            results: Vec::new(),
-            current: Vec::new(),
-            error: None,
-            done: Some(tx),
-        }));
+    let mut last = None;
+    for _ in 0..LOAD_ATTEMPTS {
+        let epoch = veil.shared.catalog_epoch();
+        let catalog = Arc::new(load_catalog(veil, writer).await?);
+        if veil.keep_catalog(catalog.clone(), epoch) {
+            return Some(catalog);
+        }
+        last = Some(catalog);
+    }
+    // Catalogs keep changing under this session: the last load is used
+    // for this statement only.
+    last
+}
+
+/// Runs pgveil's catalog queries on the session's connection and builds
+/// the catalog from their rows.
+async fn load_catalog<W: AsyncWrite + Unpin>(veil: &Veil, writer: &mut W) -> Option<Catalog> {
     let enc = veil.shared.encryption();
     let config = &enc.config;
-    let q = query::encode(&catalog::load_query(config));
-    if crate::session::write_flush(writer, &q).await.is_err() {
+    let path = run_catalog_query(veil, writer, catalog::PATH_QUERY).await?;
+    let saved = catalog::saved_path(&path)?.to_string();
+    let load = run_catalog_query(veil, writer, &catalog::load_query(config, &saved)).await?;
+    let Some(rows) = catalog::catalog_results(path, load) else {
+        warn!(database = %veil.database, "catalog query answered with other result sets than it has statements");
         return None;
-    }
-    let rows = match rx.await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            warn!(database = %veil.database, error = %e, "catalog query failed");
-            return None;
-        }
-        Err(_) => return None,
     };
     let mut catalog = match Catalog::build(config, &rows) {
         Ok(c) => c,
@@ -67,9 +74,39 @@ pub(super) async fn ensure_catalog<W: AsyncWrite + Unpin>(
         warn!(database = %veil.database, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
     }
     catalog.generation = veil.shared.next_catalog_generation();
-    let catalog = Arc::new(catalog);
-    veil.shared.store_catalog(veil.key(), catalog.clone());
     Some(catalog)
+}
+
+/// Sends one of pgveil's own Queries on the session's connection and waits
+/// for its result sets (the server pump consumes them, never forwards).
+async fn run_catalog_query<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    text: &str,
+) -> Option<Vec<catalog::Rows>> {
+    let (tx, rx) = oneshot::channel();
+    veil.state()
+        .pending
+        .push_back(Pending::Catalog(CatalogLoad {
+            results: Vec::new(),
+            current: Vec::new(),
+            error: None,
+            done: Some(tx),
+        }));
+    if crate::session::write_flush(writer, &query::encode(text))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    match rx.await {
+        Ok(Ok(rows)) => Some(rows),
+        Ok(Err(e)) => {
+            warn!(database = %veil.database, error = %e, "catalog query failed");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Maps view columns to base columns; views pgveil cannot follow become opaque.

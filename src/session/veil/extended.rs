@@ -384,7 +384,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         .map_err(|e| SessionError::Protocol(format!("malformed Parse: {e}")))?;
     let shared = &veil.shared;
     let enc = shared.encryption();
-    let mut catalog = shared.catalog_cached(&veil.key());
+    let mut catalog = veil.cached_catalog();
     let in_batch = veil.state().ext.in_batch;
     if catalog.is_none() && !in_batch {
         catalog = ensure_catalog(veil, writer).await;
@@ -548,7 +548,7 @@ fn check_parse_analysis(veil: &Veil, analysis: &Analysis) -> Option<Refusal> {
         ));
     }
     if analysis.statements.iter().any(|s| s.refresh_catalog) {
-        veil.shared.invalidate_catalog(&veil.key());
+        veil.note_ddl();
         veil.state().ext.ddl_pending = true;
     }
     None

@@ -177,7 +177,7 @@ pub(super) fn reconcile_reload(veil: &Veil) -> Result<(), SessionError> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
-    let catalog = veil.shared.catalog_cached(&veil.key()).unwrap_or_default();
+    let catalog = veil.cached_catalog().unwrap_or_default();
     let watched = Watched::new(&catalog, &enc.configured, &enc.encrypted_columns);
     for (name, statement) in statements {
         if statement.analyzed || scan::needs_analysis(&statement.sql, &watched, &[]) {

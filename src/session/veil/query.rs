@@ -60,7 +60,7 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
     };
     let shared = &veil.shared;
     let enc = shared.encryption();
-    let mut catalog = shared.catalog_cached(&veil.key());
+    let mut catalog = veil.cached_catalog();
     if catalog.is_none() {
         catalog = ensure_catalog(veil, writer).await;
     }
@@ -186,7 +186,7 @@ fn check_analysis(
         ));
     }
     if analysis.statements.iter().any(|s| s.refresh_catalog) {
-        veil.shared.invalidate_catalog(&veil.key());
+        veil.note_ddl();
     }
     let (standard_strings, settings) = {
         let st = veil.state();
@@ -357,6 +357,11 @@ fn push_query(
     started: Instant,
 ) {
     let mut st = veil.state();
+    if st.txn_ddl {
+        // This Query may roll back to a savepoint or fail: the next one
+        // reads the catalog again.
+        st.txn_catalog = None;
+    }
     let waited = std::mem::take(&mut st.catalog_wait);
     let mut pending = QueryState::pending(hints, catalog, started);
     let changes = std::mem::take(&mut st.next_changes_settings);
@@ -525,7 +530,7 @@ pub(super) async fn analyze_fresh<W: AsyncWrite + Unpin>(
     let watched = watched_for(veil, Some(&cat), enc);
     let mut analysis = shared.analyze_cached(text, &cat, &watched, &enc.configured, prepared);
     if analysis.stale && !veil.state().ext.in_batch {
-        shared.invalidate_catalog(&veil.key());
+        veil.forget_catalog();
         if let Some(fresh) = ensure_catalog(veil, writer).await {
             cat = fresh;
             let watched = watched_for(veil, Some(&cat), enc);

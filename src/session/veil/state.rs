@@ -185,6 +185,23 @@ pub(super) struct State {
     /// Names of SQL prepared statements pgveil forwarded unanalysed (they
     /// name nothing encrypted), so `EXECUTE` of them is known to be plain.
     pub(super) plain_prepared: std::collections::HashSet<String>,
+    /// DDL was sent since the current transaction began (outside a
+    /// transaction block: since the last ReadyForQuery). Until the
+    /// transaction ends, this session's catalog is its own: other
+    /// sessions do not see the DDL, and a rollback may undo it.
+    pub(super) txn_ddl: bool,
+    /// The catalog loaded inside such a transaction, for one Query or
+    /// batch: a savepoint rollback or an error may undo part of it, so it
+    /// is read again after each ReadyForQuery.
+    pub(super) txn_catalog: Option<Arc<Catalog>>,
+}
+
+impl State {
+    /// This session's own catalog, when a transaction that ran DDL is open
+    /// (`Some(None)`: it must be loaded); `None`: the shared one applies.
+    fn own_catalog(&self) -> Option<Option<Arc<Catalog>>> {
+        self.txn_ddl.then(|| self.txn_catalog.clone())
+    }
 }
 
 /// One session's encryption context.
@@ -236,6 +253,8 @@ impl Veil {
                 desync: false,
                 unanalysed_prepare: false,
                 plain_prepared: std::collections::HashSet::new(),
+                txn_ddl: false,
+                txn_catalog: None,
             }),
         }
     }
@@ -256,6 +275,52 @@ impl Veil {
         let suffix: String = token.iter().map(|b| format!("{b:02x}")).collect();
         *self.cache_key.lock().unwrap_or_else(|p| p.into_inner()) =
             (self.database.clone(), format!("{}#{suffix}", self.user));
+    }
+
+    /// The catalog this session's next statement is judged against: its
+    /// own inside a transaction that ran DDL, else the shared one.
+    pub(super) fn cached_catalog(&self) -> Option<Arc<Catalog>> {
+        let own = self.state().own_catalog();
+        own.unwrap_or_else(|| self.shared.catalog_cached(&self.key()))
+    }
+
+    /// [`Veil::cached_catalog`] for a caller that holds the state lock.
+    pub(super) fn cached_catalog_locked(&self, st: &State) -> Option<Arc<Catalog>> {
+        st.own_catalog()
+            .unwrap_or_else(|| self.shared.catalog_cached(&self.key()))
+    }
+
+    /// Keeps a catalog just loaded (the load started at `epoch`); `false`
+    /// when it may predate another session's change and must be loaded
+    /// again.
+    pub(super) fn keep_catalog(&self, catalog: Arc<Catalog>, epoch: u64) -> bool {
+        {
+            let mut st = self.state();
+            if st.txn_ddl {
+                st.txn_catalog = Some(catalog);
+                return true;
+            }
+        }
+        self.shared.store_catalog(self.key(), catalog, epoch)
+    }
+
+    /// DDL is about to be sent: the catalog is read again before the next
+    /// statement that needs it, and, until the transaction ends, this
+    /// session keeps its catalog to itself.
+    pub(super) fn note_ddl(&self) {
+        {
+            let mut st = self.state();
+            st.txn_ddl = true;
+            st.txn_catalog = None;
+        }
+        self.shared.invalidate_catalog(&self.key());
+    }
+
+    /// Forgets the catalog this session judges by (a statement named a
+    /// configured table the catalog does not have).
+    pub(super) fn forget_catalog(&self) {
+        self.state().txn_catalog = None;
+        self.shared.invalidate_catalog(&self.key());
     }
 
     /// The state both pumps share.

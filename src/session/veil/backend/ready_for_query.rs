@@ -56,5 +56,22 @@ pub(super) fn on_ready(veil: &Veil, st: &mut State, frame: BytesMut) -> BytesMut
     }
     st.decoder = None;
     st.discard_until_ready = false;
+    end_of_ddl(veil, st, frame.get(5).copied());
     frame
+}
+
+/// After DDL: the session's own catalog is read again for the next
+/// statement (a savepoint rollback or an error may have undone part of
+/// it), and once the transaction is over (status `I`: committed or rolled
+/// back), every session of the database reloads: a commit publishes the
+/// DDL, and what another session loaded meanwhile may predate it.
+fn end_of_ddl(veil: &Veil, st: &mut State, status: Option<u8>) {
+    if !st.txn_ddl {
+        return;
+    }
+    st.txn_catalog = None;
+    if status == Some(b'I') {
+        st.txn_ddl = false;
+        veil.shared.invalidate_catalog(&veil.key());
+    }
 }

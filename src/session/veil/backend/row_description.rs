@@ -67,7 +67,7 @@ pub(super) fn on_describe(veil: &Veil, st: &mut State, frame: BytesMut) -> Optio
         } => {
             let out = match statement {
                 Some(s) if tag == b'T' => {
-                    describe_rows(veil, frame, s.catalog.clone(), &s.hints, &s.columns)
+                    describe_rows(veil, st, frame, s.catalog.clone(), &s.hints, &s.columns)
                 }
                 Some(s) => {
                     let _ = s.columns.set(Vec::new());
@@ -85,7 +85,7 @@ pub(super) fn on_describe(veil: &Veil, st: &mut State, frame: BytesMut) -> Optio
                         .as_ref()
                         .map(|s| (s.catalog.clone(), s.hints.clone()))
                         .unwrap_or_default();
-                    describe_rows(veil, frame, catalog, &hints, &p.columns)
+                    describe_rows(veil, st, frame, catalog, &hints, &p.columns)
                 }
                 Some(p) => {
                     let _ = p.columns.set(Vec::new());
@@ -107,6 +107,7 @@ pub(super) fn on_describe(veil: &Veil, st: &mut State, frame: BytesMut) -> Optio
 /// encrypted and rewrites their types. Returns the frame to forward.
 fn describe_rows(
     veil: &Veil,
+    st: &State,
     frame: BytesMut,
     catalog: Option<Arc<Catalog>>,
     hints: &[Option<Encrypted>],
@@ -116,7 +117,7 @@ fn describe_rows(
         let _ = slot.set(Vec::new());
         return frame;
     };
-    let catalog = catalog.or_else(|| veil.shared.catalog_cached(&veil.key()));
+    let catalog = catalog.or_else(|| veil.cached_catalog_locked(st));
     let cols = encrypted_columns(catalog.as_deref(), hints, &fields);
     let any = cols.iter().any(Option::is_some);
     if any {

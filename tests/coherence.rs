@@ -1,0 +1,414 @@
+//! pgveil judges each statement by the catalog and session state
+//! PostgreSQL will execute it with: DDL rolled back (whole transactions
+//! and savepoints), DDL committed by another session while this one had
+//! the catalog cached, a session that redefines `=` and puts its own schema
+//! before `pg_catalog`, and prepared-statement names reused after
+//! DEALLOCATE. Every case writes a marker (`cohsecret<n>x`) through
+//! pgveil and then reads what PostgreSQL stored, straight from the
+//! database: the marker must never be there in plaintext.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{PgCluster, Proxy};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const CONFIG_COLUMNS: &str = r#"
+[[encrypt]]
+table = "sales.people"
+column = "full_name"
+[[encrypt]]
+table = "sales.accounts"
+column = "owner_email"
+domain = "email"
+[[encrypt]]
+table = "sales.leads"
+column = "contact_email"
+domain = "email"
+"#;
+
+const SCHEMA: &str = "
+CREATE SCHEMA sales;
+CREATE TABLE sales.people (id int PRIMARY KEY, full_name bytea, note text);
+CREATE TABLE sales.accounts (id serial PRIMARY KEY, company text, owner_email text);
+CREATE TABLE sales.leads (id text, contact_email bytea, note text);
+CREATE TABLE public.stg (id int NOT NULL, full_name bytea, note text);
+CREATE TABLE public.notes (id serial PRIMARY KEY, body text);
+CREATE TABLE public.kid () INHERITS (sales.people);
+CREATE VIEW public.pv AS SELECT id, full_name FROM sales.people;
+";
+
+fn marker(n: i32) -> String {
+    format!("cohsecret{n}x")
+}
+
+/// A database of its own with the schema, pgveil in front of it, and a
+/// direct client to check what was stored.
+async fn setup(pg: &PgCluster, db: &str) -> (Proxy, Client, String) {
+    pg.fresh_database(db).await;
+    let direct = support::connect(
+        &pg.conn_str()
+            .replace("dbname=postgres", &format!("dbname={db}")),
+    )
+    .await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let config = format!(
+        "[keys]\nmaster_key_file = \"{}\"\n{CONFIG_COLUMNS}",
+        support::key_file().display()
+    );
+    let proxy = Proxy::start(pg, &config).await;
+    let through = proxy
+        .conn_str(pg)
+        .replace("dbname=postgres", &format!("dbname={db}"));
+    (proxy, direct, through)
+}
+
+/// Every stored value of the tables pgveil encrypts into, as text: no
+/// marker may appear in any of them.
+async fn assert_no_plaintext(direct: &Client, what: &str) {
+    let rows = direct
+        .simple_query(
+            "SELECT 'people', encode(full_name, 'escape') FROM ONLY sales.people \
+             UNION ALL SELECT 'kid', encode(full_name, 'escape') FROM public.kid \
+             UNION ALL SELECT 'accounts', owner_email FROM sales.accounts \
+             UNION ALL SELECT 'leads', encode(contact_email, 'escape') || ' ' || coalesce(note, '') FROM sales.leads \
+             UNION ALL SELECT 'notes', body FROM public.notes",
+        )
+        .await
+        .unwrap();
+    for m in rows {
+        if let SimpleQueryMessage::Row(r) = m {
+            let v = r.get(1).unwrap_or_default();
+            assert!(
+                !v.contains("cohsecret"),
+                "{what}: plaintext stored in {}: {v}",
+                r.get(0).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Runs `sql` (simple protocol); an error is an acceptable outcome (a
+/// refusal), as long as nothing reached the database in plaintext.
+async fn run(c: &Client, sql: &str) -> Result<Vec<SimpleQueryMessage>, String> {
+    c.simple_query(sql).await.map_err(|e| {
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string())
+    })
+}
+
+/// A view and a child dropped inside a transaction that rolls back (whole,
+/// or to a savepoint) are still there: writes through them are encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_ddl_is_not_kept() {
+    let pg = support::cluster();
+    let (proxy, direct, through) = setup(pg, "coh_rollback").await;
+    let c = support::connect(&through).await;
+    let rounds: &[&[&str]] = &[
+        &["BEGIN; SAVEPOINT s; DROP VIEW public.pv; ROLLBACK TO s; COMMIT"],
+        &[
+            "BEGIN",
+            "SAVEPOINT s",
+            "DROP VIEW public.pv",
+            "ROLLBACK TO s",
+            "COMMIT",
+        ],
+        &["BEGIN", "DROP VIEW public.pv", "ROLLBACK"],
+        &["BEGIN; DROP VIEW public.pv; ROLLBACK"],
+        &["BEGIN", "DROP TABLE public.kid", "ROLLBACK"],
+        &[
+            "BEGIN",
+            "SAVEPOINT a",
+            "ALTER TABLE public.kid NO INHERIT sales.people",
+            "ROLLBACK TO a",
+            "COMMIT",
+        ],
+        &["BEGIN", "DROP VIEW public.pv", "SELECT 1/0", "ROLLBACK"],
+    ];
+    let mut n: i32 = 0;
+    for (i, steps) in rounds.iter().enumerate() {
+        for s in *steps {
+            let _ = run(&c, s).await;
+        }
+        for insert in [
+            "INSERT INTO public.pv (id, full_name) VALUES ({id}, '{m}')",
+            "INSERT INTO public.kid (id, full_name) VALUES ({id}, '{m}')",
+        ] {
+            n += 1;
+            let sql = insert
+                .replace("{id}", &n.to_string())
+                .replace("{m}", &marker(n));
+            let got = run(&c, &sql).await;
+            assert_no_plaintext(&direct, &format!("round {i}: {sql}")).await;
+            // What was accepted reads back as written, through pgveil.
+            if got.is_ok() {
+                let rows = c
+                    .query("SELECT full_name FROM sales.people WHERE id = $1", &[&n])
+                    .await
+                    .unwrap();
+                let back: String = rows[0].get(0);
+                assert_eq!(back, marker(n), "round {i}: {sql}");
+            }
+        }
+    }
+    // The view and the child are still there, as PostgreSQL says.
+    let rows = direct
+        .query(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('pv', 'kid') AND relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 2);
+    drop(c);
+    proxy.stop().await;
+}
+
+/// Session A changes the schema in a transaction; session B loads (and
+/// caches) the catalog meanwhile; once A commits, B's writes follow the
+/// committed schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sessions_commit_reaches_this_one() {
+    let pg = support::cluster();
+    let (proxy, direct, through) = setup(pg, "coh_sessions").await;
+    let a = support::connect(&through).await;
+    let b = support::connect(&through).await;
+    b.simple_query("SELECT 1").await.unwrap();
+
+    // A drops the first column of leads: positions shift.
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("ALTER TABLE sales.leads DROP COLUMN id")
+        .await
+        .unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    a.simple_query("COMMIT").await.unwrap();
+    let m = marker(1);
+    let got = run(&b, &format!("INSERT INTO sales.leads VALUES ('{m}', 'n')")).await;
+    assert_no_plaintext(
+        &direct,
+        "positional insert after another session's DROP COLUMN",
+    )
+    .await;
+    got.unwrap();
+    let rows = b
+        .query(
+            "SELECT contact_email FROM sales.leads WHERE note = 'n'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), m);
+
+    // A creates a view over a configured table; B had loaded the catalog
+    // while A's transaction was open.
+    a.simple_query("BEGIN; CREATE VIEW public.pv2 AS SELECT id, full_name FROM sales.people")
+        .await
+        .unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    b.query("SELECT 1", &[]).await.unwrap();
+    a.simple_query("COMMIT").await.unwrap();
+    let m = marker(2);
+    let _ = run(
+        &b,
+        &format!("INSERT INTO public.pv2 (id, full_name) VALUES (2, '{m}')"),
+    )
+    .await;
+    assert_no_plaintext(&direct, "insert into another session's new view").await;
+    // Extended protocol too.
+    let m = marker(3);
+    let _ = b
+        .execute(
+            "INSERT INTO public.pv2 (id, full_name) VALUES (3, $1)",
+            &[&m],
+        )
+        .await;
+    assert_no_plaintext(&direct, "extended insert into another session's new view").await;
+
+    // A migration transaction that fails and rolls back while B writes.
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("DROP VIEW public.pv2").await.unwrap();
+    let _ = run(&a, "ALTER TABLE sales.nonexistent ADD COLUMN x int").await;
+    // B's write waits for A's lock on the view; A rolls back meanwhile.
+    let m = marker(4);
+    let b = std::sync::Arc::new(b);
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let _ = run(
+                &b,
+                &format!("INSERT INTO public.pv2 (id, full_name) VALUES (4, '{m}')"),
+            )
+            .await;
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    a.simple_query("ROLLBACK").await.unwrap();
+    writer.await.unwrap();
+    let m = marker(5);
+    let _ = run(
+        &b,
+        &format!("INSERT INTO public.pv2 (id, full_name) VALUES (5, '{m}')"),
+    )
+    .await;
+    assert_no_plaintext(
+        &direct,
+        "insert while another session's migration rolls back",
+    )
+    .await;
+    drop((a, b));
+    proxy.stop().await;
+}
+
+/// pgveil's catalog query runs on the client's connection: a session that
+/// defines its own `=` for oids and bytea, puts `public` first and then
+/// writes, still gets its values encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_operators_do_not_blind_the_catalog() {
+    let pg = support::cluster();
+    let (proxy, direct, through) = setup(pg, "coh_operators").await;
+    let c = support::connect(&through).await;
+    let defs = "
+        CREATE FUNCTION public.never(oid, oid) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+        CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = public.never);
+        CREATE FUNCTION public.never_name(name, name) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+        CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.never_name);
+        CREATE FUNCTION public.never_char(\"char\", \"char\") RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+        CREATE OPERATOR public.= (LEFTARG = \"char\", RIGHTARG = \"char\", FUNCTION = public.never_char);
+        CREATE FUNCTION public.always_int2(int2, int4) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+        CREATE OPERATOR public.> (LEFTARG = int2, RIGHTARG = int4, FUNCTION = public.always_int2);";
+    direct.batch_execute(defs).await.unwrap();
+    c.simple_query("SET search_path = public, pg_catalog")
+        .await
+        .unwrap();
+    let m = marker(10);
+    let got = run(
+        &c,
+        &format!("INSERT INTO sales.people (id, full_name) VALUES (10, '{m}')"),
+    )
+    .await;
+    assert_no_plaintext(&direct, "insert after redefining =").await;
+    got.unwrap();
+    let m = marker(11);
+    c.execute(
+        "INSERT INTO sales.accounts (company, owner_email) VALUES ('c', $1)",
+        &[&m],
+    )
+    .await
+    .unwrap();
+    assert_no_plaintext(&direct, "extended insert after redefining =").await;
+    let rows = c
+        .query(
+            "SELECT owner_email FROM sales.accounts WHERE owner_email = $1",
+            &[&m],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    drop(c);
+    proxy.stop().await;
+}
+
+/// A prepared-statement name reused after DEALLOCATE is the new
+/// statement's: its values are treated by the new statement's columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_prepared_names_follow_the_new_statement() {
+    let pg = support::cluster();
+    let (proxy, direct, through) = setup(pg, "coh_prepared").await;
+    let c = support::connect(&through).await;
+    for (i, steps) in [
+        vec![
+            "PREPARE q (text, text) AS INSERT INTO sales.accounts (company, owner_email) VALUES ($1, $2)",
+            "DEALLOCATE q",
+            "PREPARE q (text, text) AS INSERT INTO public.notes (body) VALUES ($1 || ' ' || $2) RETURNING body",
+        ],
+        vec![
+            "PREPARE q2 (text, text) AS INSERT INTO sales.accounts (company, owner_email) VALUES ($1, $2); \
+             DEALLOCATE q2; \
+             PREPARE q2 (text, text) AS INSERT INTO public.notes (body) VALUES ($1 || ' ' || $2) RETURNING body",
+        ],
+    ]
+    .iter()
+    .enumerate()
+    {
+        for s in steps {
+            c.simple_query(s).await.unwrap();
+        }
+        let name = if i == 0 { "q" } else { "q2" };
+        let got = run(&c, &format!("EXECUTE {name} ('n', 'hello')")).await;
+        match got {
+            Ok(msgs) => {
+                let body: Vec<String> = msgs
+                    .iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(body, vec!["n hello".to_string()], "round {i}");
+            }
+            Err(e) => assert!(e.starts_with("pgveil:"), "round {i}: {e}"),
+        }
+        let stored = direct
+            .query("SELECT body FROM public.notes", &[])
+            .await
+            .unwrap();
+        for r in stored {
+            let b: String = r.get(0);
+            assert!(!b.to_lowercase().contains("pgv"), "round {i}: stored {b}");
+        }
+        c.simple_query("DELETE FROM public.notes").await.unwrap();
+    }
+
+    // A name prepared for notes first, then for accounts: the marker
+    // must be encrypted.
+    c.simple_query("PREPARE r (text, text) AS INSERT INTO public.notes (body) VALUES ($1 || $2)")
+        .await
+        .unwrap();
+    c.simple_query("DEALLOCATE r").await.unwrap();
+    c.simple_query("PREPARE r (text, text) AS INSERT INTO sales.accounts (company, owner_email) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let m = marker(20);
+    let _ = run(&c, &format!("EXECUTE r ('c', '{m}')")).await;
+    assert_no_plaintext(&direct, "EXECUTE of a reused name").await;
+
+    // A statement prepared against a plain table that later gets a
+    // configured parent: refused or encrypted, never plaintext.
+    let _ = run(
+        &c,
+        "PREPARE p (int, bytea) AS INSERT INTO public.stg (id, full_name) VALUES ($1, $2)",
+    )
+    .await;
+    let altered = run(&c, "ALTER TABLE public.stg INHERIT sales.people").await;
+    let is_child = direct
+        .query(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.stg'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()[0]
+        .get::<_, i64>(0)
+        == 1;
+    assert_eq!(altered.is_ok(), is_child, "{altered:?}");
+    if !is_child {
+        // Refused: stg stays a plain table, whose values are its own.
+        drop(c);
+        proxy.stop().await;
+        return;
+    }
+    let m = marker(21);
+    let _ = run(&c, &format!("EXECUTE p (21, '{m}')")).await;
+    let rows = direct
+        .simple_query("SELECT encode(full_name, 'escape') FROM public.stg")
+        .await
+        .unwrap();
+    for r in rows {
+        if let SimpleQueryMessage::Row(r) = r {
+            assert!(!r.get(0).unwrap_or_default().contains("cohsecret"));
+        }
+    }
+    drop(c);
+    proxy.stop().await;
+}
