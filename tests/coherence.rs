@@ -23,6 +23,9 @@ table = "sales.accounts"
 column = "owner_email"
 domain = "email"
 [[encrypt]]
+table = "sales.parts"
+column = "full_name"
+[[encrypt]]
 table = "sales.leads"
 column = "contact_email"
 domain = "email"
@@ -34,6 +37,7 @@ CREATE TABLE sales.people (id int PRIMARY KEY, full_name bytea, note text);
 CREATE TABLE sales.accounts (id serial PRIMARY KEY, company text, owner_email text);
 CREATE TABLE sales.leads (id text, contact_email bytea, note text);
 CREATE TABLE public.stg (id int NOT NULL, full_name bytea, note text);
+CREATE TABLE sales.parts (id int, full_name bytea) PARTITION BY LIST (id);
 CREATE TABLE public.notes (id serial PRIMARY KEY, body text);
 CREATE TABLE public.kid () INHERITS (sales.people);
 CREATE VIEW public.pv AS SELECT id, full_name FROM sales.people;
@@ -374,6 +378,62 @@ async fn reused_prepared_names_follow_the_new_statement() {
     let _ = run(&c, &format!("EXECUTE r ('c', '{m}')")).await;
     assert_no_plaintext(&direct, "EXECUTE of a reused name").await;
 
+    // A statement prepared against a plain table, which is then replaced
+    // by a child of a configured table under the same name: PostgreSQL
+    // re-plans it against the new table, so pgveil must judge it again.
+    for (n, ddl) in [
+        (
+            22,
+            "DROP TABLE public.t2; CREATE TABLE public.t2 PARTITION OF sales.parts FOR VALUES IN (22)",
+        ),
+        (
+            23,
+            "DROP TABLE public.t2; CREATE TABLE public.t2 () INHERITS (sales.people)",
+        ),
+    ] {
+        direct
+            .batch_execute(
+                "DROP TABLE IF EXISTS public.t2; CREATE TABLE public.t2 (id int, full_name bytea)",
+            )
+            .await
+            .unwrap();
+        let _ = run(&c, "DEALLOCATE ALL").await;
+        let _ = run(&c, "SELECT 1").await;
+        c.simple_query(
+            "PREPARE t (int, bytea) AS INSERT INTO public.t2 (id, full_name) VALUES ($1, $2)",
+        )
+        .await
+        .unwrap();
+        let mut replaced = Ok(Vec::new());
+        for part in ddl.split("; ") {
+            replaced = run(&c, part).await;
+        }
+        let is_child = direct
+            .query(
+                "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.t2'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()[0]
+            .get::<_, i64>(0)
+            == 1;
+        assert!(is_child, "{ddl}: {replaced:?}");
+        let m = marker(n);
+        let _ = run(&c, &format!("EXECUTE t ({n}, '{m}')")).await;
+        let rows = direct
+            .simple_query("SELECT encode(full_name, 'escape') FROM public.t2")
+            .await
+            .unwrap();
+        for r in rows {
+            if let SimpleQueryMessage::Row(r) = r {
+                assert!(
+                    !r.get(0).unwrap_or_default().contains("cohsecret"),
+                    "{ddl} ({replaced:?}): plaintext stored"
+                );
+            }
+        }
+    }
+
     // A statement prepared against a plain table that later gets a
     // configured parent: refused or encrypted, never plaintext.
     let _ = run(
@@ -409,6 +469,69 @@ async fn reused_prepared_names_follow_the_new_statement() {
             assert!(!r.get(0).unwrap_or_default().contains("cohsecret"));
         }
     }
+    drop(c);
+    proxy.stop().await;
+}
+
+/// Settings changed without naming them: a pipelined `UPDATE pg_settings`
+/// that turns `standard_conforming_strings` off, then a write whose
+/// backslash would read differently; and a `search_path` set through
+/// `set_config` with a spelled-apart name, then an unqualified write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_without_set_are_followed() {
+    use support::raw::{Raw, msg};
+
+    // Raw speaks no SCRAM: a cluster of its own that trusts loopback.
+    let own = PgCluster::start(&support::find_pg_bin(), "trust", &[]);
+    let pg = &own;
+    let (proxy, direct, through) = setup(pg, "coh_settings").await;
+    let query = |sql: &str| {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        msg(b'Q', &body)
+    };
+    let m = marker(30);
+    let mut raw = Raw::connect(proxy.port, "coh_settings").await;
+    raw.send(&[
+        query("UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_' || 'conforming_strings'"),
+        query(&format!(
+            "INSERT INTO sales.people (id, full_name, note) VALUES (30, 'a\\', '{m}') --', 'x')"
+        )),
+    ])
+    .await;
+    raw.until_ready().await;
+    let got = raw.until_ready().await;
+    // Sent before the UPDATE answered, with a backslash that reads
+    // differently once it has run: refused.
+    assert!(
+        got.iter()
+            .any(|(t, b)| *t == b'E' && String::from_utf8_lossy(b).contains("Mpgveil:")),
+        "{got:?}"
+    );
+    assert_no_plaintext(&direct, "pipelined write after UPDATE pg_settings").await;
+    let rows = direct
+        .simple_query("SELECT note FROM sales.people WHERE id = 30")
+        .await
+        .unwrap();
+    for r in rows {
+        if let SimpleQueryMessage::Row(r) = r {
+            assert!(!r.get(0).unwrap_or_default().contains("cohsecret"));
+        }
+    }
+
+    let c = support::connect(&through).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    c.simple_query("SELECT pg_catalog.set_config('search_' || 'path', 'sales, public', false)")
+        .await
+        .unwrap();
+    let m = marker(31);
+    let got = run(
+        &c,
+        &format!("INSERT INTO people (id, full_name) VALUES (31, '{m}')"),
+    )
+    .await;
+    assert_no_plaintext(&direct, "unqualified write after set_config of the path").await;
+    got.unwrap();
     drop(c);
     proxy.stop().await;
 }

@@ -30,7 +30,8 @@ use super::copy::CopyStream;
 use super::parameters;
 use super::prepared::{recheck_prepared, record_prepared};
 use super::query::{
-    analyze_fresh, changes_settings, encrypt_edits, passthrough_refusal, refusal_token,
+    analyze_fresh, changes_settings, encrypt_edits, may_change_path, passthrough_refusal,
+    pipelined_text_refusal, refusal_token,
 };
 use super::state::{Decoder, Pending, State, Veil};
 use crate::catalog::{Catalog, Encrypted, StorageState};
@@ -486,18 +487,22 @@ fn check_parse(
     enc: &Encryption,
 ) -> Result<(Arc<Catalog>, SessionSettings), Refusal> {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("search_path") {
+    if may_change_path(&lower) {
         veil.make_key_private();
     }
-    let (utf8, in_flight, standard_strings, settings) = {
+    let (utf8, in_flight, standard_strings, settings, pipelined) = {
         let st = veil.state();
         (
             st.utf8,
             st.settings_in_flight,
             st.standard_strings,
             st.settings.clone(),
+            pipelined_text_refusal(&st, text),
         )
     };
+    if let Some(r) = pipelined {
+        return Err(r);
+    }
     if !utf8 {
         return Err(Refusal::general(
             "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
@@ -590,7 +595,7 @@ fn analysed_statement(
             };
         }
     }
-    record_prepared(veil, text, &analysis.statements);
+    record_prepared(veil, text, &analysis.statements, Some(&cat));
     let statement = Statement {
         sql: text.to_string(),
         analyzed: true,

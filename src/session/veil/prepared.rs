@@ -19,6 +19,11 @@ use crate::sql::{Refusal, scan};
 /// A `PREPARE` as analysed.
 pub(super) struct PreparedMeta {
     generation: u64,
+    /// The catalog it was analysed against: PostgreSQL re-plans a
+    /// prepared statement from its text when a relation it names changes
+    /// (names resolve again), so after a catalog change it is analysed
+    /// again before `EXECUTE`.
+    catalog: u64,
     text: String,
     summary: Vec<(std::ops::Range<usize>, String)>,
     spec: Vec<Option<Encrypted>>,
@@ -47,7 +52,13 @@ fn edit_summary(plan: &crate::sql::StatementPlan) -> Vec<(std::ops::Range<usize>
 }
 
 /// Keeps the session's map of SQL-level prepared statements current.
-pub(super) fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::StatementPlan]) {
+pub(super) fn record_prepared(
+    veil: &Veil,
+    text: &str,
+    plans: &[crate::sql::StatementPlan],
+    catalog: Option<&Catalog>,
+) {
+    let catalog = catalog.map_or(0, |c| c.generation);
     let generation = veil.shared.encryption().generation;
     let mut st = veil.state();
     if st.ext.skip_until_sync {
@@ -76,6 +87,7 @@ pub(super) fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::Stat
                 name.clone(),
                 PreparedMeta {
                     generation,
+                    catalog,
                     text: text.get(plan.range.clone()).unwrap_or_default().to_string(),
                     summary: edit_summary(plan),
                     spec: spec.clone(),
@@ -88,10 +100,11 @@ pub(super) fn record_prepared(veil: &Veil, text: &str, plans: &[crate::sql::Stat
     }
 }
 
-/// After a reload, a SQL prepared statement named in `text` is analysed
-/// again; if the new configuration would encrypt it differently, it is
-/// refused (the database still holds the old plan), so a newly encrypted
-/// column never receives plaintext through it.
+/// After a reload or a catalog change, a SQL prepared statement named in
+/// `text` is analysed again; if it would now be encrypted differently (or
+/// refused), the statement is refused (the database still holds the old
+/// plan, or re-plans it against relations pgveil did not check it with),
+/// so a newly encrypted column never receives plaintext through it.
 pub(super) fn recheck_prepared(
     veil: &Veil,
     text: &str,
@@ -102,12 +115,16 @@ pub(super) fn recheck_prepared(
     let words: std::collections::HashSet<&str> = lower
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .collect();
+    // A name this text prepares again is the new statement's.
+    let preparing = super::query::prepared_names(text);
     let stale: Vec<StaleEntry> = {
         let st = veil.state();
         st.prepared_meta
             .iter()
+            .filter(|(name, _)| !preparing.contains(name))
             .filter(|(name, meta)| {
-                meta.generation < enc.generation && words.contains(name.as_str())
+                (meta.generation < enc.generation || meta.catalog != catalog.generation)
+                    && words.contains(name.as_str())
             })
             .map(|(name, meta)| {
                 (
@@ -135,13 +152,14 @@ pub(super) fn recheck_prepared(
         if !same {
             return Some(Refusal::general(
                 format!(
-                    "prepared statement {name} was prepared before a configuration reload that changes its encryption; DEALLOCATE and PREPARE it again"
+                    "prepared statement {name} was prepared before a configuration reload or a change of the tables it names that changes its encryption; DEALLOCATE and PREPARE it again"
                 ),
                 "reload",
             ));
         }
         if let Some(meta) = veil.state().prepared_meta.get_mut(&name) {
             meta.generation = enc.generation;
+            meta.catalog = catalog.generation;
         }
     }
     None

@@ -15,7 +15,7 @@ use tracing::warn;
 use super::catalog::{ensure_catalog, watched_for};
 use super::copy::start_copies;
 use super::prepared::{recheck_prepared, record_prepared};
-use super::state::{Pending, QueryState, Veil};
+use super::state::{Pending, QueryState, State, Veil};
 use crate::catalog::{Catalog, Encrypted};
 use crate::crypto::{Format, Keyring, SessionSettings};
 use crate::protocol::messages::query;
@@ -66,7 +66,7 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
     }
     let watched = watched_for(veil, catalog.as_ref(), &enc);
     let lower = text.to_ascii_lowercase();
-    if lower.contains("search_path") {
+    if may_change_path(&lower) {
         // Name resolution may change: this session gets a catalog of its own.
         veil.make_key_private();
     }
@@ -103,7 +103,7 @@ fn pass_unwatched(
         .statements_total
         .with_label_values(&["simple", "passthrough"])
         .inc();
-    if let Some(r) = unknown_execute(veil, text, lower) {
+    if let Some(r) = unknown_execute(veil, text, lower, catalog.as_ref()) {
         return refuse(veil, text, &[], r, catalog, started);
     }
     if lower
@@ -111,9 +111,14 @@ fn pass_unwatched(
         .any(|w| w == "prepare")
     {
         let names = prepared_names(text);
+        let judged = (
+            Arc::<str>::from(text),
+            catalog.as_ref().map_or(0, |c| c.generation),
+        );
         let mut st = veil.state();
         st.unanalysed_prepare = true;
-        st.plain_prepared.extend(names);
+        st.plain_prepared
+            .extend(names.into_iter().map(|n| (n, judged.clone())));
     }
     push_query(veil, Vec::new(), catalog, started);
     BytesMut::from(q.frame)
@@ -131,10 +136,17 @@ fn check_unanalysed(
     enc: &Encryption,
 ) -> Result<Arc<Catalog>, BytesMut> {
     let (text, started) = (q.text, q.started);
-    let (utf8, in_flight) = {
+    let (utf8, in_flight, pipelined) = {
         let st = veil.state();
-        (st.utf8, st.settings_in_flight)
+        (
+            st.utf8,
+            st.settings_in_flight,
+            pipelined_text_refusal(&st, text),
+        )
     };
+    if let Some(r) = pipelined {
+        return Err(refuse(veil, text, &[], r, catalog, started));
+    }
     if !utf8 || !utf8_text {
         let r = Refusal::general(
             "statements on encrypted tables need client_encoding UTF8 (other encodings can hide quotes and backslashes)",
@@ -163,7 +175,7 @@ fn check_unanalysed(
     if let Some(r) = recheck_prepared(veil, text, &cat, enc) {
         return Err(refuse(veil, text, &[], r, Some(cat), started));
     }
-    if let Some(r) = unknown_execute(veil, text, lower) {
+    if let Some(r) = unknown_execute(veil, text, lower, Some(&cat)) {
         return Err(refuse(veil, text, &[], r, Some(cat), started));
     }
     Ok(cat)
@@ -259,7 +271,7 @@ fn forward_analysed(
         .iter()
         .map(|s| s.outputs.clone())
         .collect();
-    record_prepared(veil, text, &analysis.statements);
+    record_prepared(veil, text, &analysis.statements, Some(&cat));
     push_query(veil, hints, Some(cat), started);
     if analysis.statements.iter().any(|s| s.copy.is_some()) {
         start_copies(veil, &analysis.statements);
@@ -281,7 +293,7 @@ fn forward_analysed(
 }
 
 /// The names `PREPARE` statements in `text` create, by PostgreSQL's parser.
-fn prepared_names(text: &str) -> Vec<String> {
+pub(super) fn prepared_names(text: &str) -> Vec<String> {
     crate::sql::referee::examine(text)
         .map(|r| {
             r.statements
@@ -293,13 +305,60 @@ fn prepared_names(text: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `EXECUTE` of a statement prepared unanalysed (it named nothing
+/// encrypted then), after the catalog changed: PostgreSQL re-plans it
+/// from its text against the relations as they are now, so if that text
+/// now names anything watched (a table that became a child of a
+/// configured one, say), it is refused.
+fn replanned_plain(veil: &Veil, text: &str, catalog: Option<&Arc<Catalog>>) -> Option<Refusal> {
+    let catalog = catalog?;
+    let lower = text.to_lowercase();
+    let words: std::collections::HashSet<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .collect();
+    let changed: Vec<(String, Arc<str>)> = {
+        let st = veil.state();
+        st.plain_prepared
+            .iter()
+            .filter(|(name, (_, generation))| {
+                *generation != catalog.generation && words.contains(name.as_str())
+            })
+            .map(|(name, (prepare, _))| (name.clone(), prepare.clone()))
+            .collect()
+    };
+    let enc = veil.shared.encryption();
+    let watched = watched_for(veil, Some(catalog), &enc);
+    for (name, prepare) in changed {
+        if scan::needs_analysis(&prepare, &watched, &[]) {
+            return Some(Refusal::general(
+                format!(
+                    "prepared statement {name} was prepared before the tables it names changed, and now names encrypted ones; DEALLOCATE and PREPARE it again"
+                ),
+                "unsupported",
+            ));
+        }
+        if let Some(entry) = veil.state().plain_prepared.get_mut(&name) {
+            entry.1 = catalog.generation;
+        }
+    }
+    None
+}
+
 /// `EXECUTE` of a prepared statement this session never prepared through
 /// pgveil: PostgreSQL would fail it and write the statement, arguments
 /// included, to its log; pgveil fails it in its place (SQLSTATE 26000, as
 /// PostgreSQL would) without sending the arguments.
-fn unknown_execute(veil: &Veil, text: &str, lower: &str) -> Option<Refusal> {
+fn unknown_execute(
+    veil: &Veil,
+    text: &str,
+    lower: &str,
+    catalog: Option<&Arc<Catalog>>,
+) -> Option<Refusal> {
     if !lower.contains("execute") {
         return None;
+    }
+    if let Some(r) = replanned_plain(veil, text, catalog) {
+        return Some(r);
     }
     let referee = crate::sql::referee::examine(text).ok()?;
     let st = veil.state();
@@ -314,7 +373,7 @@ fn unknown_execute(veil: &Veil, text: &str, lower: &str) -> Option<Refusal> {
         }
         for name in &facts.prepared {
             let known = st.prepared.contains_key(name)
-                || st.plain_prepared.contains(name)
+                || st.plain_prepared.contains_key(name)
                 || st.ext.statements.contains_key(name)
                 || earlier.contains(&name.as_str());
             if !known {
@@ -332,19 +391,50 @@ fn unknown_execute(veil: &Veil, text: &str, lower: &str) -> Option<Refusal> {
 }
 
 /// Whether a statement (lower-cased) may change how PostgreSQL reads
-/// strings: `standard_conforming_strings`, `client_encoding`, `set_config`,
-/// `RESET`, `DISCARD`.
+/// strings or resolves names: `standard_conforming_strings`,
+/// `client_encoding`, `search_path`, by name, through `set_config`, an
+/// `UPDATE` of `pg_settings`, `RESET` or `DISCARD`, or with names
+/// written in Unicode escapes (`U&"..."`, which can spell any of these).
+/// Such a statement is run on its own, and statements on encrypted tables
+/// wait for its result. A function or view that changes a setting
+/// without naming it is caught by [`pipelined_text_refusal`] and, for
+/// the two string settings, by the ParameterStatus the server sends.
 pub(super) fn changes_settings(lower: &str) -> bool {
     [
         "standard_conforming_strings",
         "client_encoding",
+        "search_path",
         "set_config",
+        "pg_settings",
+        "u&\"",
     ]
     .iter()
     .any(|k| lower.contains(k))
         || lower
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .any(|w| w == "reset" || w == "discard")
+}
+
+/// Whether a statement may change the session's `search_path` (then the
+/// session gets a catalog of its own, loaded after the change).
+pub(super) fn may_change_path(lower: &str) -> bool {
+    changes_settings(lower)
+}
+
+/// A statement on encrypted tables sent while earlier ones are still
+/// running: any of them may have changed `standard_conforming_strings` or
+/// `client_encoding` (a function, a view over `pg_settings`), which
+/// changes how backslashes and non-ASCII bytes are read, and the server's
+/// ParameterStatus saying so has not arrived yet. Text without either
+/// reads the same under every setting, so only such text is refused.
+pub(super) fn pipelined_text_refusal(st: &State, text: &str) -> Option<Refusal> {
+    let earlier = st.pending.iter().any(|p| !matches!(p, Pending::Catalog(_)));
+    (earlier && (text.contains('\\') || !text.is_ascii())).then(|| {
+        Refusal::general(
+            "a statement on encrypted tables with backslashes or non-ASCII text sent before earlier statements answered (they may change how strings are read); wait for their results",
+            "unparsed",
+        )
+    })
 }
 
 /// Queues the response expectations of a Query. Its overhead is the time
@@ -399,7 +489,7 @@ fn refuse(
     };
     let mut parts = Vec::new();
     let mut hints = Vec::new();
-    record_prepared(veil, text, before);
+    record_prepared(veil, text, before, catalog.as_deref());
     for plan in before {
         if plan.copy.is_some() {
             // Its data would follow unencrypted: the refusal replaces it

@@ -184,7 +184,10 @@ pub(super) struct State {
     pub(super) unanalysed_prepare: bool,
     /// Names of SQL prepared statements pgveil forwarded unanalysed (they
     /// name nothing encrypted), so `EXECUTE` of them is known to be plain.
-    pub(super) plain_prepared: std::collections::HashSet<String>,
+    /// With each, the Query that prepared it and the catalog generation
+    /// it was judged by: after a catalog change, PostgreSQL re-plans it
+    /// from its text, and what it names may have become encrypted.
+    pub(super) plain_prepared: HashMap<String, (Arc<str>, u64)>,
     /// DDL was sent since the current transaction began (outside a
     /// transaction block: since the last ReadyForQuery). Until the
     /// transaction ends, this session's catalog is its own: other
@@ -194,6 +197,11 @@ pub(super) struct State {
     /// batch: a savepoint rollback or an error may undo part of it, so it
     /// is read again after each ReadyForQuery.
     pub(super) txn_catalog: Option<Arc<Catalog>>,
+    /// The `search_path` the server last reported (PostgreSQL 18 and
+    /// later report it), and whether it changed since: then names
+    /// resolve differently, and this session loads a catalog of its own.
+    pub(super) reported_path: Option<String>,
+    pub(super) path_changed: bool,
 }
 
 impl State {
@@ -252,9 +260,11 @@ impl Veil {
                 copy_out: None,
                 desync: false,
                 unanalysed_prepare: false,
-                plain_prepared: std::collections::HashSet::new(),
+                plain_prepared: HashMap::new(),
                 txn_ddl: false,
                 txn_catalog: None,
+                reported_path: None,
+                path_changed: false,
             }),
         }
     }
@@ -280,7 +290,13 @@ impl Veil {
     /// The catalog this session's next statement is judged against: its
     /// own inside a transaction that ran DDL, else the shared one.
     pub(super) fn cached_catalog(&self) -> Option<Arc<Catalog>> {
-        let own = self.state().own_catalog();
+        let (own, path_changed) = {
+            let mut st = self.state();
+            (st.own_catalog(), std::mem::take(&mut st.path_changed))
+        };
+        if path_changed {
+            self.make_key_private();
+        }
         own.unwrap_or_else(|| self.shared.catalog_cached(&self.key()))
     }
 

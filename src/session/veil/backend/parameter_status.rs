@@ -14,6 +14,14 @@ pub(super) fn on_status(st: &mut State, frame: BytesMut) -> BytesMut {
         if name == "standard_conforming_strings" {
             st.standard_strings = value == "on";
         }
+        if name == "search_path" {
+            // Reported by PostgreSQL 18 and later: however it was changed
+            // (a function, `UPDATE pg_settings`), names now resolve by it.
+            if st.reported_path.as_deref().is_some_and(|p| p != value) {
+                st.path_changed = true;
+            }
+            st.reported_path = Some(value.to_string());
+        }
         if name == "client_encoding" {
             st.utf8 = matches!(
                 value.to_ascii_uppercase().as_str(),
