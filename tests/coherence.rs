@@ -519,6 +519,25 @@ async fn settings_changed_without_set_are_followed() {
         }
     }
 
+    // Fetched through the extended protocol without a Describe.
+    raw.send(&[
+        query("INSERT INTO sales.people (id, full_name) VALUES (32, 'Hedy')"),
+        query("BEGIN; DECLARE rc CURSOR FOR SELECT full_name FROM sales.people WHERE id = 32"),
+    ])
+    .await;
+    raw.until_ready().await;
+    raw.until_ready().await;
+    raw.send(&[
+        support::raw::parse_msg("", "FETCH 1 FROM rc"),
+        support::raw::bind_msg("", &[]),
+        support::raw::execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(String::from_utf8_lossy(&row.1).contains("Hedy"), "{got:?}");
+
     let c = support::connect(&through).await;
     c.simple_query("SELECT 1").await.unwrap();
     c.simple_query("SELECT pg_catalog.set_config('search_' || 'path', 'sales, public', false)")
@@ -532,6 +551,81 @@ async fn settings_changed_without_set_are_followed() {
     .await;
     assert_no_plaintext(&direct, "unqualified write after set_config of the path").await;
     got.unwrap();
+    drop(c);
+    proxy.stop().await;
+}
+
+/// A cursor declared over an encrypted table, fetched through the
+/// extended protocol (described or not), returns the application's types
+/// and plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_fetches_are_decrypted() {
+    let pg = support::cluster();
+    let (proxy, _direct, through) = setup(pg, "coh_cursors").await;
+    let c = support::connect(&through).await;
+    c.simple_query("INSERT INTO sales.people (id, full_name) VALUES (1, 'Ada'), (2, 'Grace')")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT id, full_name FROM sales.people ORDER BY id",
+    )
+    .await
+    .unwrap();
+    let rows = c.query("FETCH 1 FROM cur", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(1), "Ada");
+    let rows = c.query_typed("FETCH 1 FROM cur", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(1), "Grace");
+    // Declared through the extended protocol, as psycopg 3 does.
+    c.execute(
+        "DECLARE cur2 CURSOR FOR SELECT full_name FROM sales.people WHERE id = $1",
+        &[&2i32],
+    )
+    .await
+    .unwrap();
+    let msgs = c.simple_query("FETCH ALL FROM cur2").await.unwrap();
+    let got: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["Grace".to_string()]);
+    c.batch_execute("COMMIT").await.unwrap();
+    drop(c);
+    proxy.stop().await;
+}
+
+/// An encrypted column with a nondeterministic collation is not served:
+/// `=` on its ciphertext would not be `=` on its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nondeterministic_collations_are_refused() {
+    let pg = support::cluster();
+    let (proxy, direct, through) = setup(pg, "coh_collation").await;
+    direct
+        .batch_execute(
+            "CREATE COLLATION public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+             ALTER TABLE sales.accounts ALTER COLUMN owner_email TYPE text COLLATE public.ci",
+        )
+        .await
+        .unwrap();
+    let c = support::connect(&through).await;
+    let m = marker(40);
+    let got = run(
+        &c,
+        &format!("INSERT INTO sales.accounts (company, owner_email) VALUES ('c', '{m}')"),
+    )
+    .await;
+    let e = got.expect_err("refused");
+    assert!(
+        e.starts_with("pgveil:") && e.contains("nondeterministic"),
+        "{e}"
+    );
+    assert_no_plaintext(&direct, "nondeterministic collation").await;
+    // Columns without it are served as before.
+    c.simple_query("INSERT INTO sales.people (id, full_name) VALUES (40, 'x')")
+        .await
+        .unwrap();
     drop(c);
     proxy.stop().await;
 }

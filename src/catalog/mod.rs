@@ -123,6 +123,9 @@ pub struct Catalog {
     pub inactive: Vec<ColumnId>,
     /// Configured columns with a `DEFAULT` (stored in plaintext by the database).
     pub defaults: Vec<ColumnId>,
+    /// Configured columns with a nondeterministic collation: not served
+    /// (their storage is `Unsupported`).
+    pub nondeterministic: Vec<ColumnId>,
     /// Identifies this load, for caches keyed on it (0 until set).
     pub generation: u64,
     /// Unconfigured ancestors of configured tables.
@@ -232,16 +235,19 @@ pub fn load_query(config: &Config, saved_path: &str) -> String {
     let columns = format!(
         "SELECT c.oid::pg_catalog.int8, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
          c.relkind::pg_catalog.text, a.attnum::pg_catalog.int4, a.attname::pg_catalog.text, \
-         t.typname::pg_catalog.text, a.atthasdef, NOT ({}) \
+         t.typname::pg_catalog.text, a.atthasdef, NOT ({}), \
+         co.collisdeterministic IS FALSE \
          FROM {{from}} JOIN pg_catalog.pg_class c ON {} \
          JOIN pg_catalog.pg_namespace n ON {relnamespace} \
          JOIN pg_catalog.pg_attribute a ON {} AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
          JOIN pg_catalog.pg_type t ON {} \
+         LEFT JOIN pg_catalog.pg_collation co ON {} \
          ORDER BY 1, 5",
         eq("a.attgenerated", "''"),
         eq("c.oid", "{from}.oid"),
         eq("a.attrelid", "c.oid"),
         eq("t.oid", "a.atttypid"),
+        eq("co.oid", "a.attcollation"),
     );
     let from = |rel: &str| columns.replace("{from}", rel);
     format!(
@@ -300,6 +306,10 @@ impl Catalog {
         let path = results.get(2).unwrap_or(&empty);
         let inherits = results.get(3).unwrap_or(&empty);
         let mut catalog = Catalog::default();
+        // Columns whose collation is nondeterministic (ICU, case- or
+        // accent-insensitive): `=` on their ciphertext is not `=` on the
+        // plaintext, so an encrypted one is not served.
+        let mut nondeterministic: Vec<(u32, String)> = Vec::new();
         for row in columns {
             let oid: u32 = cell(row, 0)?
                 .parse()
@@ -317,6 +327,9 @@ impl Catalog {
             let attnum: i16 = cell(row, 4)?
                 .parse()
                 .map_err(|_| CatalogError::Row("attnum".into()))?;
+            if row.get(9).and_then(|c| c.as_deref()) == Some("t") {
+                nondeterministic.push((oid, cell(row, 5)?.to_string()));
+            }
             let rel = &mut catalog.relations[idx];
             rel.columns.push(Column {
                 name: cell(row, 5)?.to_string(),
@@ -341,6 +354,15 @@ impl Catalog {
             .collect();
         for col in &config.encrypt {
             let id = col.id();
+            let unequal = catalog
+                .by_name
+                .get(&(id.schema.clone(), id.table.clone()))
+                .is_some_and(|i| {
+                    let oid = catalog.relations[*i].oid;
+                    nondeterministic
+                        .iter()
+                        .any(|(o, c)| *o == oid && *c == id.column)
+                });
             let found = catalog
                 .by_name
                 .get(&(id.schema.clone(), id.table.clone()))
@@ -355,6 +377,15 @@ impl Catalog {
                         catalog.defaults.push(id.clone());
                     }
                     let storage = match StorageState::from_type(&c.type_name) {
+                        _ if unequal => {
+                            catalog.nondeterministic.push(id.clone());
+                            StorageState::Unsupported(format!(
+                                "{} with a nondeterministic collation (equal ciphertexts \
+                                 would not mean equal values; give the column a \
+                                 deterministic one, such as \"C\")",
+                                c.type_name
+                            ))
+                        }
                         StorageState::Bytea if col.migrating => StorageState::Unsupported(
                             "bytea while `migrating = true` (only text columns are encrypted \
                              in place)"

@@ -70,6 +70,9 @@ async fn load_catalog<W: AsyncWrite + Unpin>(veil: &Veil, writer: &mut W) -> Opt
     for id in &catalog.inactive {
         info!(database = %veil.database, column = %id, "configured column not present in this database; inactive until it is created");
     }
+    for id in &catalog.nondeterministic {
+        warn!(database = %veil.database, column = %id, "configured column has a nondeterministic collation: statements on it are refused until it has a deterministic one");
+    }
     for id in &catalog.defaults {
         warn!(database = %veil.database, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
     }

@@ -30,8 +30,8 @@ use super::copy::CopyStream;
 use super::parameters;
 use super::prepared::{recheck_prepared, record_prepared};
 use super::query::{
-    analyze_fresh, changes_settings, encrypt_edits, may_change_path, passthrough_refusal,
-    pipelined_text_refusal, refusal_token,
+    analyze_fresh, changes_settings, encrypt_edits, may_change_path, note_cursors,
+    passthrough_refusal, pipelined_text_refusal, refusal_token, tainted_names,
 };
 use super::state::{Decoder, Pending, State, Veil};
 use crate::catalog::{Catalog, Encrypted, StorageState};
@@ -392,7 +392,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     }
     let watched = watched_for(veil, catalog.as_ref(), &enc);
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().cloned().collect();
+    let tainted = tainted_names(veil, parsed.query);
     let text = parsed.query;
     let settings_pending = {
         let lower = text.to_ascii_lowercase();
@@ -596,6 +596,7 @@ fn analysed_statement(
         }
     }
     record_prepared(veil, text, &analysis.statements, Some(&cat));
+    note_cursors(veil, text);
     let statement = Statement {
         sql: text.to_string(),
         analyzed: true,

@@ -73,7 +73,7 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
     let changes_settings = changes_settings(&lower);
     veil.state().next_changes_settings = changes_settings;
     let prepared = veil.state().prepared.clone();
-    let tainted: Vec<String> = prepared.keys().cloned().collect();
+    let tainted = tainted_names(veil, text);
     if !scan::needs_analysis(text, &watched, &tainted) {
         return Ok(pass_unwatched(veil, &q, &lower, catalog));
     }
@@ -272,6 +272,7 @@ fn forward_analysed(
         .map(|s| s.outputs.clone())
         .collect();
     record_prepared(veil, text, &analysis.statements, Some(&cat));
+    note_cursors(veil, text);
     push_query(veil, hints, Some(cat), started);
     if analysis.statements.iter().any(|s| s.copy.is_some()) {
         start_copies(veil, &analysis.statements);
@@ -293,6 +294,38 @@ fn forward_analysed(
 }
 
 /// The names `PREPARE` statements in `text` create, by PostgreSQL's parser.
+/// Remembers the cursors an analysed statement declares.
+pub(super) fn note_cursors(veil: &Veil, text: &str) {
+    if !text.to_ascii_lowercase().contains("declare") {
+        return;
+    }
+    let Ok(referee) = crate::sql::referee::examine(text) else {
+        return;
+    };
+    let mut st = veil.state();
+    for facts in referee.statements {
+        if facts.kind == "DeclareCursorStmt" {
+            st.cursors.extend(facts.cursors);
+        }
+    }
+}
+
+/// The names that make a statement need analysis although it names
+/// nothing watched: SQL prepared statements over encrypted tables, and,
+/// for a `FETCH`, cursors declared over them.
+pub(super) fn tainted_names(veil: &Veil, text: &str) -> Vec<String> {
+    let st = veil.state();
+    let mut names: Vec<String> = st.prepared.keys().cloned().collect();
+    let fetch = text
+        .trim_start()
+        .get(..5)
+        .is_some_and(|w| w.eq_ignore_ascii_case("fetch"));
+    if fetch {
+        names.extend(st.cursors.iter().cloned());
+    }
+    names
+}
+
 pub(super) fn prepared_names(text: &str) -> Vec<String> {
     crate::sql::referee::examine(text)
         .map(|r| {

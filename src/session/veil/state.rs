@@ -201,6 +201,10 @@ pub(super) struct State {
     /// later report it), and whether it changed since: then names
     /// resolve differently, and this session loads a catalog of its own.
     pub(super) reported_path: Option<String>,
+    /// Cursors declared by analysed statements (over encrypted tables): a
+    /// `FETCH` from one is analysed too, so its rows are described and
+    /// decrypted on every protocol path.
+    pub(super) cursors: std::collections::HashSet<String>,
     pub(super) path_changed: bool,
 }
 
@@ -264,6 +268,7 @@ impl Veil {
                 txn_ddl: false,
                 txn_catalog: None,
                 reported_path: None,
+                cursors: std::collections::HashSet::new(),
                 path_changed: false,
             }),
         }
