@@ -116,6 +116,21 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
         .await
         .unwrap();
 
+    // The unnamed statement of a query_typed, destroyed by the simple
+    // Query after it: no prepared statement is left in this session.
+    let unnamed = support::connect(&conn).await;
+    unnamed
+        .query_typed(
+            "SELECT id FROM people WHERE email = $1",
+            &[(&"x", tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    unnamed
+        .simple_query("SELECT count(*) FROM people")
+        .await
+        .unwrap();
+
     // Reload: people.ssn and notes.ssn become encrypted.
     std::fs::write(
         &path,
@@ -130,6 +145,12 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
     .unwrap();
     hup(&child);
     support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
+
+    // The session without prepared statements goes on.
+    unnamed
+        .simple_query("SELECT count(*) FROM people")
+        .await
+        .expect("a session with no prepared statement survives the reload");
 
     // The session holding a SQL prepared statement from before the reload
     // is ended (57P01) before it can EXECUTE it with plaintext.

@@ -58,6 +58,15 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
         text,
         started,
     };
+    {
+        // A simple Query destroys the unnamed statement and portal: a
+        // reload no longer concerns them.
+        let mut st = veil.state();
+        if !st.ext.in_batch {
+            st.ext.statements.remove("");
+            st.ext.portals.remove("");
+        }
+    }
     let shared = &veil.shared;
     let enc = shared.encryption();
     let mut catalog = veil.cached_catalog();
