@@ -434,6 +434,41 @@ async fn reused_prepared_names_follow_the_new_statement() {
         }
     }
 
+    // The same through the extended protocol: a statement parsed while
+    // t3 was plain, bound after t3 became a partition of a configured
+    // table.
+    direct
+        .batch_execute("CREATE TABLE public.t3 (id int, full_name bytea)")
+        .await
+        .unwrap();
+    let _ = run(&c, "SELECT 1").await;
+    let ins = c
+        .prepare("INSERT INTO public.t3 (id, full_name) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    c.execute(&ins, &[&1i32, &b"plain".as_slice()])
+        .await
+        .unwrap();
+    c.simple_query("DELETE FROM public.t3").await.unwrap();
+    c.simple_query("DROP TABLE public.t3").await.unwrap();
+    c.simple_query("CREATE TABLE public.t3 PARTITION OF sales.parts FOR VALUES IN (24)")
+        .await
+        .unwrap();
+    let m = marker(24);
+    let got = c.execute(&ins, &[&24i32, &m.as_bytes()]).await;
+    let rows = direct
+        .simple_query("SELECT encode(full_name, 'escape') FROM public.t3")
+        .await
+        .unwrap();
+    for r in rows {
+        if let SimpleQueryMessage::Row(r) = r {
+            assert!(
+                !r.get(0).unwrap_or_default().contains("cohsecret"),
+                "extended statement re-planned into a partition: {got:?}"
+            );
+        }
+    }
+
     // A statement prepared against a plain table that later gets a
     // configured parent: refused or encrypted, never plaintext.
     let _ = run(

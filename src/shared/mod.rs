@@ -240,6 +240,14 @@ impl Shared {
         }
     }
 
+    /// Forgets one session's private catalog (its `search_path` may have
+    /// changed, or it ended). Nothing else depends on it: no epoch bump.
+    pub fn forget_own_catalog(&self, key: &(String, String)) {
+        if let Ok(mut map) = self.catalogs.lock() {
+            map.remove(key);
+        }
+    }
+
     /// Forgets every catalog (SIGHUP).
     pub fn invalidate_all_catalogs(&self) {
         if let Ok(mut map) = self.catalogs.lock() {

@@ -54,6 +54,12 @@ async fn load_catalog<W: AsyncWrite + Unpin>(veil: &Veil, writer: &mut W) -> Opt
     let config = &enc.config;
     let path = run_catalog_query(veil, writer, catalog::PATH_QUERY).await?;
     let saved = catalog::saved_path(&path)?.to_string();
+    if saved.contains('\u{FFFD}') {
+        // Not UTF-8 as the server sent it: restoring it from this text
+        // would change it.
+        warn!(database = %veil.database, "search_path is not valid UTF-8: catalog not loaded");
+        return None;
+    }
     let load = run_catalog_query(veil, writer, &catalog::load_query(config, &saved)).await?;
     let Some(rows) = catalog::catalog_results(path, load) else {
         warn!(database = %veil.database, "catalog query answered with other result sets than it has statements");

@@ -202,13 +202,32 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
 ) -> Result<BytesMut, SessionError> {
     match frame[0] {
         b'P' => on_parse(veil, writer, frame).await,
-        b'B' => on_bind(veil, frame),
+        b'B' => {
+            let replanned = replanned_bind(veil, writer, frame).await?;
+            on_bind(veil, frame, replanned)
+        }
         b'D' => on_describe(veil, frame),
         b'E' => on_execute(veil, frame),
         b'C' => on_close(veil, frame),
         // Sync (FunctionCall ends in ReadyForQuery the same way).
         _ => Ok(on_sync(veil, frame)),
     }
+}
+
+/// Why a Bind's statement must not run: PostgreSQL would re-plan it into
+/// encrypted tables (see `replan.rs`).
+async fn replanned_bind<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<Option<Refusal>, SessionError> {
+    let bind = extended::decode_bind(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
+    let statement = veil.state().ext.statements.get(bind.statement).cloned();
+    Ok(match statement {
+        Some(s) => super::replan::replanned_protocol(veil, writer, bind.statement, &s).await,
+        None => None,
+    })
 }
 
 /// Describe: its answer goes to the statement or portal it names.
@@ -422,7 +441,10 @@ async fn on_parse<W: AsyncWrite + Unpin>(
             .statements_total
             .with_label_values(&["extended", "passthrough"])
             .inc();
-        register(veil, parsed.name, Statement::passthrough(text), Vec::new());
+        let mut statement = Statement::passthrough(text);
+        // Judged by this catalog: see `replan.rs`.
+        statement.catalog = catalog;
+        register(veil, parsed.name, statement, Vec::new());
         return Ok(BytesMut::from(frame));
     }
     let refuse = |r: Refusal| Ok(refuse_parse(veil, parsed.name, text, r));
@@ -696,7 +718,11 @@ fn refuse_parse(veil: &Veil, name: &str, text: &str, refusal: Refusal) -> BytesM
     extended::encode_parse(name, &format!("SELECT 1 FROM {relation}"), &[])
 }
 
-fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
+fn on_bind(
+    veil: &Veil,
+    frame: &[u8],
+    replanned: Option<Refusal>,
+) -> Result<BytesMut, SessionError> {
     let bind = extended::decode_bind(frame)
         .map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
     let (statement, settings) = {
@@ -704,7 +730,10 @@ fn on_bind(veil: &Veil, frame: &[u8]) -> Result<BytesMut, SessionError> {
         (lookup_statement(&st, bind.statement), st.settings.clone())
     };
     let mut out = None;
-    if let Some(s) = statement.as_ref().filter(|s| s.conflicted) {
+    if let (Some(r), Some(s)) = (replanned, statement.as_ref()) {
+        let relation = refusal_token(veil, &s.sql, r, "extended");
+        out = Some(extended::encode_bind(bind.portal, &relation, &[], &[]));
+    } else if let Some(s) = statement.as_ref().filter(|s| s.conflicted) {
         let r = Refusal::general(
             format!(
                 "prepared statement \"{}\" was defined twice (SQL PREPARE and protocol Parse) and pgveil cannot tell which definition the database holds; close it and prepare it again under a new name",

@@ -25,6 +25,7 @@ mod extended;
 mod parameters;
 mod prepared;
 mod query;
+mod replan;
 mod state;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub async fn run(
             r = server_pump(&veil, &mut ur, &mut cw, &mut server_framer) => r.map(|e| (false, e)),
         }
     };
+    veil.release();
     let outcome = match outcome {
         Err(SessionError::Reload(message)) => {
             let msg = ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, message.clone());

@@ -100,6 +100,33 @@ pub(super) fn record_prepared(
     }
 }
 
+/// Names `text` prepares before it executes them (an `EXECUTE` earlier
+/// in the text runs the statement held before).
+fn prepared_first(text: &str) -> Vec<String> {
+    let Ok(referee) = crate::sql::referee::examine(text) else {
+        return Vec::new();
+    };
+    let mut first: Vec<String> = Vec::new();
+    let mut executed: Vec<String> = Vec::new();
+    for facts in referee.statements {
+        if facts.kind == "DeallocateStmt" {
+            continue;
+        }
+        for name in facts.prepared {
+            let seen = first.contains(&name) || executed.contains(&name);
+            if seen {
+                continue;
+            }
+            if facts.kind == "PrepareStmt" {
+                first.push(name);
+            } else {
+                executed.push(name);
+            }
+        }
+    }
+    first
+}
+
 /// After a reload or a catalog change, a SQL prepared statement named in
 /// `text` is analysed again; if it would now be encrypted differently (or
 /// refused), the statement is refused (the database still holds the old
@@ -115,8 +142,9 @@ pub(super) fn recheck_prepared(
     let words: std::collections::HashSet<&str> = lower
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .collect();
-    // A name this text prepares again is the new statement's.
-    let preparing = super::query::prepared_names(text);
+    // A name this text prepares again, before any EXECUTE of it, is the
+    // new statement's.
+    let preparing = prepared_first(text);
     let stale: Vec<StaleEntry> = {
         let st = veil.state();
         st.prepared_meta

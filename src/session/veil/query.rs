@@ -335,7 +335,7 @@ pub(super) fn tainted_names(veil: &Veil, text: &str) -> Vec<String> {
     names
 }
 
-pub(super) fn prepared_names(text: &str) -> Vec<String> {
+fn prepared_names(text: &str) -> Vec<String> {
     crate::sql::referee::examine(text)
         .map(|r| {
             r.statements
@@ -345,45 +345,6 @@ pub(super) fn prepared_names(text: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `EXECUTE` of a statement prepared unanalysed (it named nothing
-/// encrypted then), after the catalog changed: PostgreSQL re-plans it
-/// from its text against the relations as they are now, so if that text
-/// now names anything watched (a table that became a child of a
-/// configured one, say), it is refused.
-fn replanned_plain(veil: &Veil, text: &str, catalog: Option<&Arc<Catalog>>) -> Option<Refusal> {
-    let catalog = catalog?;
-    let lower = text.to_lowercase();
-    let words: std::collections::HashSet<&str> = lower
-        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        .collect();
-    let changed: Vec<(String, Arc<str>)> = {
-        let st = veil.state();
-        st.plain_prepared
-            .iter()
-            .filter(|(name, (_, generation))| {
-                *generation != catalog.generation && words.contains(name.as_str())
-            })
-            .map(|(name, (prepare, _))| (name.clone(), prepare.clone()))
-            .collect()
-    };
-    let enc = veil.shared.encryption();
-    let watched = watched_for(veil, Some(catalog), &enc);
-    for (name, prepare) in changed {
-        if scan::needs_analysis(&prepare, &watched, &[]) {
-            return Some(Refusal::general(
-                format!(
-                    "prepared statement {name} was prepared before the tables it names changed, and now names encrypted ones; DEALLOCATE and PREPARE it again"
-                ),
-                "unsupported",
-            ));
-        }
-        if let Some(entry) = veil.state().plain_prepared.get_mut(&name) {
-            entry.1 = catalog.generation;
-        }
-    }
-    None
 }
 
 /// `EXECUTE` of a prepared statement this session never prepared through
@@ -399,7 +360,7 @@ fn unknown_execute(
     if !lower.contains("execute") {
         return None;
     }
-    if let Some(r) = replanned_plain(veil, text, catalog) {
+    if let Some(r) = super::replan::replanned_sql(veil, text, catalog) {
         return Some(r);
     }
     let referee = crate::sql::referee::examine(text).ok()?;

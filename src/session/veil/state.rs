@@ -282,14 +282,30 @@ impl Veil {
             .clone()
     }
 
-    /// Gives this session a catalog of its own: it set a `search_path`, so
-    /// names resolve differently from other sessions of its user.
+    /// Gives this session a catalog of its own: it set a `search_path` (or
+    /// may have), so names resolve differently from other sessions of its
+    /// user. Once private, the key stays the same and its catalog is
+    /// dropped instead, so the next statement loads it again (one cache
+    /// entry per session at most, removed when the session ends).
     pub(super) fn make_key_private(&self) {
+        let key = self.key();
+        if key.1.contains('#') {
+            self.shared.forget_own_catalog(&key);
+            return;
+        }
         let mut token = [0u8; 8];
         let _ = getrandom::fill(&mut token);
         let suffix: String = token.iter().map(|b| format!("{b:02x}")).collect();
         *self.cache_key.lock().unwrap_or_else(|p| p.into_inner()) =
             (self.database.clone(), format!("{}#{suffix}", self.user));
+    }
+
+    /// The session ends: its private catalog, if any, goes with it.
+    pub(super) fn release(&self) {
+        let key = self.key();
+        if key.1.contains('#') {
+            self.shared.forget_own_catalog(&key);
+        }
     }
 
     /// The catalog this session's next statement is judged against: its

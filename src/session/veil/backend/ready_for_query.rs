@@ -71,7 +71,13 @@ fn end_of_ddl(veil: &Veil, st: &mut State, status: Option<u8>) {
     }
     st.txn_catalog = None;
     if status == Some(b'I') {
-        st.txn_ddl = false;
         veil.shared.invalidate_catalog(&veil.key());
+        // A request pipelined ahead of the DDL ends before it: the DDL's
+        // own transaction ends with the last request in flight, and every
+        // ReadyForQuery until then invalidates again.
+        let more = st.pending.iter().any(|p| !matches!(p, Pending::Catalog(_)));
+        if !more {
+            st.txn_ddl = false;
+        }
     }
 }
