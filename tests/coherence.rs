@@ -573,7 +573,36 @@ async fn settings_changed_without_set_are_followed() {
     let row = got.iter().find(|(t, _)| *t == b'D').expect("a row");
     assert!(String::from_utf8_lossy(&row.1).contains("Hedy"), "{got:?}");
 
+    // pgjdbc's shape: BEGIN in the same batch as a statement with
+    // non-ASCII text; transaction control changes no setting, so it is
+    // served.
+    raw.send(&[query("COMMIT")]).await;
+    raw.until_ready().await;
+    raw.send(&[
+        support::raw::parse_msg("", "BEGIN"),
+        support::raw::bind_msg("", &[]),
+        support::raw::execute_msg(),
+        support::raw::parse_msg(
+            "",
+            "INSERT INTO sales.people (id, full_name) VALUES (33, 'Zoë')",
+        ),
+        support::raw::bind_msg("", &[]),
+        support::raw::execute_msg(),
+        support::raw::parse_msg("", "COMMIT"),
+        support::raw::bind_msg("", &[]),
+        support::raw::execute_msg(),
+        msg(b'S', b""),
+    ])
+    .await;
+    let got = raw.until_ready().await;
+    assert!(!got.iter().any(|(t, _)| *t == b'E'), "{got:?}");
+
     let c = support::connect(&through).await;
+    let rows = c
+        .query("SELECT full_name FROM sales.people WHERE id = 33", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "Zoë");
     c.simple_query("SELECT 1").await.unwrap();
     c.simple_query("SELECT pg_catalog.set_config('search_' || 'path', 'sales, public', false)")
         .await

@@ -420,6 +420,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         let pending = st.ext.settings_pending;
         if changes && !st.ext.skip_until_sync {
             st.ext.settings_pending = true;
+            st.settings_changed_in_txn = true;
         }
         pending
     };

@@ -424,6 +424,43 @@ pub(super) fn may_change_path(lower: &str) -> bool {
     changes_settings(lower)
 }
 
+/// Whether a request still in flight may change settings: anything that
+/// runs SQL, except transaction control executed through the extended
+/// protocol (pgjdbc sends `BEGIN` in the same batch as the statement).
+/// Parse, Bind, Describe and Close run nothing; a Sync's own answer is
+/// only the end of its batch.
+fn may_change_settings(p: &Pending, ends_restore: bool) -> bool {
+    use super::extended::Step;
+    match p {
+        Pending::Catalog(_) | Pending::Passthrough(_) => false,
+        Pending::Step(Step::Execute { portal, .. }) => !portal
+            .as_ref()
+            .and_then(|p| p.statement.as_ref())
+            .is_some_and(|s| !ends_restore && is_transaction_control(&s.sql)),
+        Pending::Step(_) => false,
+        _ => true,
+    }
+}
+
+/// `BEGIN`, `COMMIT`, `ROLLBACK` and their kin, alone: they change no
+/// setting, unless a setting was changed in the transaction they end
+/// (`ends_restore` above: its end may restore the old value).
+fn is_transaction_control(sql: &str) -> bool {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    if sql.contains(';') {
+        return false;
+    }
+    let first = sql
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    matches!(
+        first.as_str(),
+        "begin" | "start" | "commit" | "end" | "rollback" | "savepoint" | "release" | "abort"
+    )
+}
+
 /// A statement on encrypted tables sent while earlier ones are still
 /// running: any of them may have changed `standard_conforming_strings` or
 /// `client_encoding` (a function, a view over `pg_settings`), which
@@ -431,7 +468,11 @@ pub(super) fn may_change_path(lower: &str) -> bool {
 /// ParameterStatus saying so has not arrived yet. Text without either
 /// reads the same under every setting, so only such text is refused.
 pub(super) fn pipelined_text_refusal(st: &State, text: &str) -> Option<Refusal> {
-    let earlier = st.pending.iter().any(|p| !matches!(p, Pending::Catalog(_)));
+    let ends_restore = st.settings_changed_in_txn;
+    let earlier = st
+        .pending
+        .iter()
+        .any(|p| may_change_settings(p, ends_restore));
     (earlier && (text.contains('\\') || !text.is_ascii())).then(|| {
         Refusal::general(
             "a statement on encrypted tables with backslashes or non-ASCII text sent before earlier statements answered (they may change how strings are read); wait for their results",
@@ -468,6 +509,7 @@ fn push_query(
     }
     if changes {
         st.settings_in_flight += 1;
+        st.settings_changed_in_txn = true;
     }
     st.pending.push_back(pending);
 }

@@ -206,6 +206,10 @@ pub(super) struct State {
     /// decrypted on every protocol path.
     pub(super) cursors: std::collections::HashSet<String>,
     pub(super) path_changed: bool,
+    /// A statement that may change a setting ran since the session was
+    /// last idle outside a transaction: the transaction's end may restore
+    /// the old value, so it is not harmless to pipeline behind.
+    pub(super) settings_changed_in_txn: bool,
 }
 
 impl State {
@@ -270,6 +274,7 @@ impl Veil {
                 reported_path: None,
                 cursors: std::collections::HashSet::new(),
                 path_changed: false,
+                settings_changed_in_txn: false,
             }),
         }
     }

@@ -56,6 +56,10 @@ pub(super) fn on_ready(veil: &Veil, st: &mut State, frame: BytesMut) -> BytesMut
     }
     st.decoder = None;
     st.discard_until_ready = false;
+    let idle = frame.get(5) == Some(&b'I');
+    if idle && st.pending.iter().all(|p| matches!(p, Pending::Catalog(_))) {
+        st.settings_changed_in_txn = false;
+    }
     end_of_ddl(veil, st, frame.get(5).copied());
     frame
 }
