@@ -27,6 +27,7 @@ mod prepared;
 mod query;
 mod replan;
 mod state;
+mod watch;
 
 use std::sync::Arc;
 
@@ -55,12 +56,14 @@ pub async fn run(
     peer: std::net::SocketAddr,
 ) -> Result<(), SessionError> {
     let veil = Veil::new(peer, shared.clone(), user, database);
-    if String::from_utf8_lossy(startup_packet)
+    let startup = String::from_utf8_lossy(startup_packet)
         .to_ascii_lowercase()
-        .contains("search_path")
-    {
-        // Set at connection time (`options=-c search_path=...`): this
-        // session resolves names differently from others of its user.
+        .replace('-', "_");
+    if startup.contains("search_path") || startup.contains("role=") {
+        // Set at connection time (`options=-c search_path=...`, where
+        // PostgreSQL reads `-` as `_`, or `-c role=...`, which changes
+        // what `"$user"` resolves to): this session resolves names
+        // differently from others of its user.
         veil.make_key_private();
     }
     let limits = &shared.config.limits;
