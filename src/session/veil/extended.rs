@@ -203,7 +203,7 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
     match frame[0] {
         b'P' => on_parse(veil, writer, frame).await,
         b'B' => {
-            let replanned = replanned_bind(veil, writer, frame).await?;
+            let replanned = super::replan::replanned_bind(veil, writer, frame).await?;
             on_bind(veil, frame, replanned)
         }
         b'D' => on_describe(veil, frame),
@@ -212,22 +212,6 @@ pub(super) async fn on_message<W: AsyncWrite + Unpin>(
         // Sync (FunctionCall ends in ReadyForQuery the same way).
         _ => Ok(on_sync(veil, frame)),
     }
-}
-
-/// Why a Bind's statement must not run: PostgreSQL would re-plan it into
-/// encrypted tables (see `replan.rs`).
-async fn replanned_bind<W: AsyncWrite + Unpin>(
-    veil: &Veil,
-    writer: &mut W,
-    frame: &[u8],
-) -> Result<Option<Refusal>, SessionError> {
-    let bind = extended::decode_bind(frame)
-        .map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
-    let statement = veil.state().ext.statements.get(bind.statement).cloned();
-    Ok(match statement {
-        Some(s) => super::replan::replanned_protocol(veil, writer, bind.statement, &s).await,
-        None => None,
-    })
 }
 
 /// Describe: its answer goes to the statement or portal it names.

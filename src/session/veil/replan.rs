@@ -13,6 +13,8 @@ use super::catalog::{ensure_catalog, watched_for};
 use super::extended::Statement;
 use super::state::Veil;
 use crate::catalog::Catalog;
+use crate::protocol::messages::extended;
+use crate::session::SessionError;
 use crate::sql::{Refusal, scan};
 
 /// The refusal for a statement prepared before the tables it names
@@ -112,4 +114,20 @@ pub(super) async fn replanned_protocol<W: AsyncWrite + Unpin>(
         .filter_map(|(i, b)| b.as_ref().map(|b| (i + 1, b.column.id.to_string())))
         .collect();
     (now != then).then(|| refusal(name))
+}
+
+/// Why a Bind's statement must not run: PostgreSQL would re-plan it into
+/// encrypted tables (see `replan.rs`).
+pub(super) async fn replanned_bind<W: AsyncWrite + Unpin>(
+    veil: &Veil,
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<Option<Refusal>, SessionError> {
+    let bind = extended::decode_bind(frame)
+        .map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
+    let statement = veil.state().ext.statements.get(bind.statement).cloned();
+    Ok(match statement {
+        Some(s) => replanned_protocol(veil, writer, bind.statement, &s).await,
+        None => None,
+    })
 }
