@@ -103,6 +103,33 @@ async fn run(c: &Client, sql: &str) -> Result<Vec<SimpleQueryMessage>, String> {
     })
 }
 
+/// Whether `rel` is now an inheritance child or partition, as PostgreSQL
+/// says.
+async fn is_child(direct: &Client, rel: &str) -> bool {
+    direct
+        .query(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = $1::text::regclass",
+            &[&rel],
+        )
+        .await
+        .unwrap()[0]
+        .get::<_, i64>(0)
+        == 1
+}
+
+/// No row of `sql` (one text column, read straight from the database)
+/// holds a marker.
+async fn assert_no_marker(direct: &Client, sql: &str, what: &str) {
+    for r in direct.simple_query(sql).await.unwrap() {
+        if let SimpleQueryMessage::Row(r) = r {
+            assert!(
+                !r.get(0).unwrap_or_default().contains("cohsecret"),
+                "{what}: plaintext stored"
+            );
+        }
+    }
+}
+
 /// A view and a child dropped inside a transaction that rolls back (whole,
 /// or to a savepoint) are still there: writes through them are encrypted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,30 +435,15 @@ async fn reused_prepared_names_follow_the_new_statement() {
         for part in ddl.split("; ") {
             replaced = run(&c, part).await;
         }
-        let is_child = direct
-            .query(
-                "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.t2'::regclass",
-                &[],
-            )
-            .await
-            .unwrap()[0]
-            .get::<_, i64>(0)
-            == 1;
-        assert!(is_child, "{ddl}: {replaced:?}");
+        assert!(is_child(&direct, "public.t2").await, "{ddl}: {replaced:?}");
         let m = marker(n);
         let _ = run(&c, &format!("EXECUTE t ({n}, '{m}')")).await;
-        let rows = direct
-            .simple_query("SELECT encode(full_name, 'escape') FROM public.t2")
-            .await
-            .unwrap();
-        for r in rows {
-            if let SimpleQueryMessage::Row(r) = r {
-                assert!(
-                    !r.get(0).unwrap_or_default().contains("cohsecret"),
-                    "{ddl} ({replaced:?}): plaintext stored"
-                );
-            }
-        }
+        assert_no_marker(
+            &direct,
+            "SELECT encode(full_name, 'escape') FROM public.t2",
+            &format!("{ddl} ({replaced:?})"),
+        )
+        .await;
     }
 
     // The same through the extended protocol: a statement parsed while
@@ -456,18 +468,12 @@ async fn reused_prepared_names_follow_the_new_statement() {
         .unwrap();
     let m = marker(24);
     let got = c.execute(&ins, &[&24i32, &m.as_bytes()]).await;
-    let rows = direct
-        .simple_query("SELECT encode(full_name, 'escape') FROM public.t3")
-        .await
-        .unwrap();
-    for r in rows {
-        if let SimpleQueryMessage::Row(r) = r {
-            assert!(
-                !r.get(0).unwrap_or_default().contains("cohsecret"),
-                "extended statement re-planned into a partition: {got:?}"
-            );
-        }
-    }
+    assert_no_marker(
+        &direct,
+        "SELECT encode(full_name, 'escape') FROM public.t3",
+        &format!("extended statement re-planned into a partition: {got:?}"),
+    )
+    .await;
 
     // A statement prepared against a plain table that later gets a
     // configured parent: refused or encrypted, never plaintext.
@@ -477,15 +483,7 @@ async fn reused_prepared_names_follow_the_new_statement() {
     )
     .await;
     let altered = run(&c, "ALTER TABLE public.stg INHERIT sales.people").await;
-    let is_child = direct
-        .query(
-            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.stg'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()[0]
-        .get::<_, i64>(0)
-        == 1;
+    let is_child = is_child(&direct, "public.stg").await;
     assert_eq!(altered.is_ok(), is_child, "{altered:?}");
     if !is_child {
         // Refused: stg stays a plain table, whose values are its own.
@@ -495,15 +493,12 @@ async fn reused_prepared_names_follow_the_new_statement() {
     }
     let m = marker(21);
     let _ = run(&c, &format!("EXECUTE p (21, '{m}')")).await;
-    let rows = direct
-        .simple_query("SELECT encode(full_name, 'escape') FROM public.stg")
-        .await
-        .unwrap();
-    for r in rows {
-        if let SimpleQueryMessage::Row(r) = r {
-            assert!(!r.get(0).unwrap_or_default().contains("cohsecret"));
-        }
-    }
+    assert_no_marker(
+        &direct,
+        "SELECT encode(full_name, 'escape') FROM public.stg",
+        "EXECUTE after INHERIT",
+    )
+    .await;
     drop(c);
     proxy.stop().await;
 }
@@ -544,15 +539,12 @@ async fn settings_changed_without_set_are_followed() {
         "{got:?}"
     );
     assert_no_plaintext(&direct, "pipelined write after UPDATE pg_settings").await;
-    let rows = direct
-        .simple_query("SELECT note FROM sales.people WHERE id = 30")
-        .await
-        .unwrap();
-    for r in rows {
-        if let SimpleQueryMessage::Row(r) = r {
-            assert!(!r.get(0).unwrap_or_default().contains("cohsecret"));
-        }
-    }
+    assert_no_marker(
+        &direct,
+        "SELECT note FROM sales.people WHERE id = 30",
+        "pipelined note",
+    )
+    .await;
 
     // Fetched through the extended protocol without a Describe.
     raw.send(&[
