@@ -63,7 +63,8 @@ enum Command {
         value: String,
     },
     /// Print (or apply) CHECK constraints that make the database reject
-    /// anything but ciphertext in configured columns.
+    /// anything but ciphertext in configured columns, and the event trigger
+    /// that tells pgveil about schema changes made outside it.
     Guard {
         /// Storage encoding for columns whose config names none (default bytea).
         #[arg(long, value_enum)]

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub plan_cache_misses_total: IntCounter,
     /// Config reloads by result.
     pub config_reloads_total: IntCounterVec,
+    /// Catalog loads by result (`changed`, `unchanged`, `failed`).
+    pub catalog_loads_total: IntCounterVec,
+    /// Catalog change notifications received from the database.
+    pub catalog_notifications_total: IntCounter,
     /// Bytes relayed, by direction (`client_to_server`, `server_to_client`).
     pub bytes_total: IntCounterVec,
     /// 1 while `/readyz` would answer 200.
@@ -170,6 +174,17 @@ impl Metrics {
                 Opts::new("pgveil_config_reloads_total", "Configuration reloads, by result"),
                 &["result"],
             )?,
+            catalog_loads_total: IntCounterVec::new(
+                Opts::new(
+                    "pgveil_catalog_loads_total",
+                    "Catalog reads from the database, by result: changed, unchanged (same facts as before), failed",
+                ),
+                &["result"],
+            )?,
+            catalog_notifications_total: IntCounter::new(
+                "pgveil_catalog_notifications_total",
+                "Schema change notifications received from the event trigger of pgveil guard --apply",
+            )?,
             bytes_total: IntCounterVec::new(
                 Opts::new("pgveil_bytes_total", "Bytes relayed, by direction"),
                 &["direction"],
@@ -215,6 +230,8 @@ impl Metrics {
         r.register(Box::new(m.plan_cache_hits_total.clone()))?;
         r.register(Box::new(m.plan_cache_misses_total.clone()))?;
         r.register(Box::new(m.config_reloads_total.clone()))?;
+        r.register(Box::new(m.catalog_loads_total.clone()))?;
+        r.register(Box::new(m.catalog_notifications_total.clone()))?;
         r.register(Box::new(m.bytes_total.clone()))?;
         r.register(Box::new(m.ready.clone()))?;
         r.register(Box::new(m.max_client_connections.clone()))?;
@@ -255,6 +272,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.config_reloads_total.with_label_values(&[result]);
+        }
+        for result in ["changed", "unchanged", "failed"] {
+            m.catalog_loads_total.with_label_values(&[result]);
         }
         Ok(m)
     }
@@ -301,6 +321,8 @@ mod tests {
             "pgveil_upstream_connect_errors_total",
             "pgveil_statements_total",
             "pgveil_config_reloads_total",
+            "pgveil_catalog_loads_total{result=\"unchanged\"} 0",
+            "pgveil_catalog_notifications_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -126,8 +126,12 @@ pub struct Catalog {
     /// Configured columns with a nondeterministic collation: not served
     /// (their storage is `Unsupported`).
     pub nondeterministic: Vec<ColumnId>,
-    /// Identifies this load, for caches keyed on it (0 until set).
+    /// Identifies this load, for caches keyed on it (0 until set). A load
+    /// that finds exactly the same facts keeps the generation it replaces.
     pub generation: u64,
+    /// The rows it was built from and the configuration generation it was
+    /// built with: equal ones make an equal catalog.
+    pub source: (Vec<Rows>, u64),
     /// Unconfigured ancestors of configured tables.
     ancestors: Vec<u32>,
 }
@@ -139,6 +143,11 @@ pub enum CatalogError {
     #[error("unexpected catalog row: {0}")]
     Row(String),
 }
+
+/// The notification channel of schema changes: the event trigger
+/// `pgveil guard --apply` installs notifies it at the commit of any DDL
+/// (not of temporary objects), and every session of pgveil listens on it.
+pub const CHANGE_CHANNEL: &str = "pgveil_catalog";
 
 /// Configured table names, for the fast-path scan and the load query.
 pub fn configured_tables(config: &Config) -> Vec<(String, String)> {

@@ -8,11 +8,11 @@
 //! uses them. Of those layers it names only one type, the verifier cache
 //! of [`crate::auth::lookup`], which it owns and never calls.
 
+mod catalogs;
 mod encryption;
 mod health;
 mod plans;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
@@ -22,6 +22,8 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tls::TlsSettings;
+use catalogs::Catalogs;
+pub use catalogs::{Age, CatalogKey};
 pub use encryption::Encryption;
 use encryption::declare_columns;
 pub use health::Health;
@@ -44,11 +46,7 @@ pub struct Shared {
     /// Applies a new `[log] level`.
     log_reload: Option<LogReload>,
     /// Catalogs by (database, user).
-    catalogs: std::sync::Mutex<HashMap<(String, String), Arc<Catalog>>>,
-    catalog_generation: std::sync::atomic::AtomicU64,
-    /// Bumped by every invalidation: a load that started before one must
-    /// not be cached (it may predate the change that caused it).
-    catalog_epoch: std::sync::atomic::AtomicU64,
+    catalogs: Catalogs,
     /// Analyses by (catalog generation, statement text).
     plans: std::sync::Mutex<PlanCache>,
     /// TLS settings of both hops; replaced as a whole when SIGHUP re-reads
@@ -88,15 +86,13 @@ impl Shared {
             .max_client_connections
             .set(config.listen.max_connections as i64);
         Ok(Shared {
+            catalogs: Catalogs::new(config.catalog.max_age_ms),
             config,
             metrics,
             health: Health::default(),
             encryption: std::sync::RwLock::new(Arc::new(encryption)),
             config_path: None,
             log_reload: None,
-            catalogs: std::sync::Mutex::new(HashMap::new()),
-            catalog_generation: std::sync::atomic::AtomicU64::new(1),
-            catalog_epoch: std::sync::atomic::AtomicU64::new(0),
             plans: std::sync::Mutex::new(PlanCache::default()),
             tls: std::sync::RwLock::new(Arc::new(tls)),
             auth_lookup: Lookup::default(),
@@ -180,6 +176,7 @@ impl Shared {
             apply(&next.config.log.level)?;
         }
         declare_columns(&self.metrics, &next);
+        self.catalogs.set_max_age(next.config.catalog.max_age_ms);
         if let Ok(mut slot) = self.encryption.write() {
             *slot = Arc::new(next);
         }
@@ -192,8 +189,7 @@ impl Shared {
 
     /// A fresh catalog generation number.
     pub fn next_catalog_generation(&self) -> u64 {
-        self.catalog_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.catalogs.next_generation()
     }
 
     /// Where SIGHUP re-reads the config from, and how a new `[log] level`
@@ -204,57 +200,47 @@ impl Shared {
         self.log_reload = log_reload;
     }
 
-    /// The cached catalog for a (database, user).
-    pub fn catalog_cached(&self, key: &(String, String)) -> Option<Arc<Catalog>> {
-        self.catalogs.lock().ok()?.get(key).cloned()
+    /// The cached catalog for a key, unless it may be out of date (or,
+    /// with [`Age::Fresh`], is older than `[catalog] max_age_ms`).
+    pub fn catalog_cached(&self, key: &CatalogKey, age: Age) -> Option<Arc<Catalog>> {
+        self.catalogs.get(key, age)
+    }
+
+    /// The catalog last stored under a key, even one that may be out of
+    /// date: a new load identical to it keeps its generation.
+    pub fn catalog_previous(&self, key: &CatalogKey) -> Option<Arc<Catalog>> {
+        self.catalogs.previous(key)
     }
 
     /// The invalidation epoch now: read before a catalog load starts.
     pub fn catalog_epoch(&self) -> u64 {
-        self.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst)
+        self.catalogs.epoch()
     }
 
     /// Caches a freshly loaded catalog, unless a catalog was invalidated
     /// since the load started (`epoch`): then it may predate that change,
     /// and `false` says so (the caller loads again).
-    pub fn store_catalog(&self, key: (String, String), catalog: Arc<Catalog>, epoch: u64) -> bool {
-        let Ok(mut map) = self.catalogs.lock() else {
-            return false;
-        };
-        // Compared under the lock invalidations take too.
-        if self.catalog_epoch() != epoch {
-            return false;
-        }
-        map.insert(key, catalog);
-        true
+    pub fn store_catalog(&self, key: CatalogKey, catalog: Arc<Catalog>, epoch: u64) -> bool {
+        self.catalogs.store(key, catalog, epoch)
     }
 
-    /// Forgets the catalogs of a database (after DDL, and when a
-    /// transaction that ran DDL ends): every session of it reloads before
-    /// its next statement.
-    pub fn invalidate_catalog(&self, key: &(String, String)) {
-        if let Ok(mut map) = self.catalogs.lock() {
-            self.catalog_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            map.retain(|k, _| k.0 != key.0);
-        }
+    /// Marks the catalogs of a database out of date (after DDL through
+    /// pgveil, when a transaction that ran DDL ends, on a change
+    /// notification): every session of it reloads before its next
+    /// statement.
+    pub fn invalidate_catalog(&self, key: &CatalogKey) {
+        self.catalogs.invalidate(&key.0);
     }
 
     /// Forgets one session's private catalog (its `search_path` may have
     /// changed, or it ended). Nothing else depends on it: no epoch bump.
-    pub fn forget_own_catalog(&self, key: &(String, String)) {
-        if let Ok(mut map) = self.catalogs.lock() {
-            map.remove(key);
-        }
+    pub fn forget_own_catalog(&self, key: &CatalogKey) {
+        self.catalogs.remove(key);
     }
 
     /// Forgets every catalog (SIGHUP).
     pub fn invalidate_all_catalogs(&self) {
-        if let Ok(mut map) = self.catalogs.lock() {
-            self.catalog_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            map.clear();
-        }
+        self.catalogs.clear();
     }
 }
 

@@ -9,11 +9,15 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::state::{CatalogLoad, Pending, Veil};
+use super::state::{CatalogLoad, Listen, Pending, Veil};
 use crate::catalog::{self, Catalog};
 use crate::protocol::messages::query;
 use crate::shared::Encryption;
 use crate::sql::analyze::{Watched, view_columns};
+
+/// pgveil's `LISTEN`, on the channel the event trigger of `pgveil guard
+/// --apply` notifies at the commit of any DDL.
+const LISTEN: &str = "LISTEN pgveil_catalog";
 
 /// How many times a load is repeated when another session's DDL ends
 /// while it runs (the load may predate that DDL).
@@ -36,7 +40,15 @@ pub(super) async fn ensure_catalog<W: AsyncWrite + Unpin>(
     let mut last = None;
     for _ in 0..LOAD_ATTEMPTS {
         let epoch = veil.shared.catalog_epoch();
-        let catalog = Arc::new(load_catalog(veil, writer).await?);
+        let Some(loaded) = load_catalog(veil, writer).await else {
+            veil.shared
+                .metrics
+                .catalog_loads_total
+                .with_label_values(&["failed"])
+                .inc();
+            return None;
+        };
+        let catalog = Arc::new(loaded);
         if veil.keep_catalog(catalog.clone(), epoch) {
             return Some(catalog);
         }
@@ -82,7 +94,20 @@ async fn load_catalog<W: AsyncWrite + Unpin>(veil: &Veil, writer: &mut W) -> Opt
     for id in &catalog.defaults {
         warn!(database = %veil.database, column = %id, "configured column has a DEFAULT: the database stores that default in plaintext");
     }
-    catalog.generation = veil.shared.next_catalog_generation();
+    catalog.source = (rows, enc.generation);
+    let previous = veil.shared.catalog_previous(&veil.key());
+    let (generation, result) = match previous {
+        // Nothing changed: analyses and prepared statements judged by the
+        // previous load stay valid.
+        Some(p) if p.source == catalog.source => (p.generation, "unchanged"),
+        _ => (veil.shared.next_catalog_generation(), "changed"),
+    };
+    catalog.generation = generation;
+    veil.shared
+        .metrics
+        .catalog_loads_total
+        .with_label_values(&[result])
+        .inc();
     Some(catalog)
 }
 
@@ -96,12 +121,7 @@ async fn run_catalog_query<W: AsyncWrite + Unpin>(
     let (tx, rx) = oneshot::channel();
     veil.state()
         .pending
-        .push_back(Pending::Catalog(CatalogLoad {
-            results: Vec::new(),
-            current: Vec::new(),
-            error: None,
-            done: Some(tx),
-        }));
+        .push_back(Pending::Catalog(CatalogLoad::new(Some(tx))));
     if crate::session::write_flush(writer, &query::encode(text))
         .await
         .is_err()
@@ -116,6 +136,19 @@ async fn run_catalog_query<W: AsyncWrite + Unpin>(
         }
         Err(_) => None,
     }
+}
+
+/// Appends pgveil's `LISTEN` for schema change notifications to `out`,
+/// ahead of the client's next request: nobody waits for its answer, which
+/// the server pump consumes and which says whether the session listens
+/// (a hot standby refuses `LISTEN`). Only while the session is idle: a
+/// `LISTEN` inside a transaction block would wait for its end.
+pub(super) fn listen(veil: &Veil, out: &mut bytes::BytesMut) {
+    let mut st = veil.state();
+    st.listen = Listen::Sent;
+    st.pending
+        .push_back(Pending::Catalog(CatalogLoad::listen()));
+    out.extend_from_slice(&query::encode(LISTEN));
 }
 
 /// Maps view columns to base columns; views pgveil cannot follow become opaque.
@@ -182,4 +215,15 @@ pub(super) fn watched_for(
     ));
     veil.state().watched = Some((key, w.clone()));
     w
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listens_on_the_channel_the_trigger_notifies() {
+        assert_eq!(
+            super::LISTEN,
+            format!("LISTEN {}", crate::catalog::CHANGE_CHANNEL)
+        );
+    }
 }

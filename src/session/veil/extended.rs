@@ -401,6 +401,9 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         let lower = text.to_ascii_lowercase();
         let changes = changes_settings(&lower);
         let mut st = veil.state();
+        if super::watch::drops_listen(&lower) {
+            st.note_listen_dropped();
+        }
         let pending = st.ext.settings_pending;
         if changes && !st.ext.skip_until_sync {
             st.ext.settings_pending = true;

@@ -133,7 +133,10 @@ where
     let mut started = false;
     loop {
         loop {
-            let copying = veil.state().copy_in.is_some();
+            let (copying, listen) = {
+                let st = veil.state();
+                (st.copy_in.is_some(), st.wants_listen())
+            };
             let inspect = |tag: u8| {
                 matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
                     || (copying && matches!(tag, b'd' | b'c' | b'f'))
@@ -146,6 +149,9 @@ where
                     }
                 }
                 Ok(Some(Chunk::Frame(frame))) => {
+                    if listen && matches!(frame[0], b'Q' | b'P') {
+                        catalog::listen(veil, &mut out);
+                    }
                     if !started {
                         // The first statement: learn the catalog first.
                         flush(writer, &mut out, &bytes_total).await?;

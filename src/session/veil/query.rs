@@ -16,6 +16,7 @@ use super::catalog::{ensure_catalog, watched_for};
 use super::copy::start_copies;
 use super::prepared::{recheck_prepared, record_prepared};
 use super::state::{Pending, QueryState, Veil};
+use super::watch::drops_listen;
 pub(super) use super::watch::{changes_settings, may_change_path, pipelined_text_refusal};
 use crate::catalog::{Catalog, Encrypted};
 use crate::crypto::{Format, Keyring, SessionSettings};
@@ -81,7 +82,13 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
         veil.make_key_private();
     }
     let changes_settings = changes_settings(&lower);
-    veil.state().next_changes_settings = changes_settings;
+    {
+        let mut st = veil.state();
+        st.next_changes_settings = changes_settings;
+        if drops_listen(&lower) {
+            st.note_listen_dropped();
+        }
+    }
     let prepared = veil.state().prepared.clone();
     let tainted = tainted_names(veil, text);
     if !scan::needs_analysis(text, &watched, &tainted) {

@@ -14,7 +14,7 @@ use super::extended;
 use super::prepared::PreparedMeta;
 use crate::catalog::{Catalog, Encrypted, Rows};
 use crate::crypto::{Format, Keyring, SessionSettings};
-use crate::shared::Shared;
+use crate::shared::{Age, Shared};
 use crate::sql::Refusal;
 use crate::sql::analyze::Watched;
 
@@ -84,6 +84,45 @@ pub(super) struct CatalogLoad {
     pub(super) current: Rows,
     pub(super) error: Option<String>,
     pub(super) done: Option<oneshot::Sender<Result<Vec<Rows>, String>>>,
+    /// It is pgveil's `LISTEN`: its outcome sets [`State::listen`].
+    pub(super) listen: bool,
+}
+
+impl CatalogLoad {
+    pub(super) fn new(done: Option<oneshot::Sender<Result<Vec<Rows>, String>>>) -> CatalogLoad {
+        CatalogLoad {
+            results: Vec::new(),
+            current: Vec::new(),
+            error: None,
+            done,
+            listen: false,
+        }
+    }
+
+    pub(super) fn listen() -> CatalogLoad {
+        CatalogLoad {
+            listen: true,
+            ..CatalogLoad::new(None)
+        }
+    }
+}
+
+/// Whether this session's connection listens for schema change
+/// notifications (see [`crate::catalog::CHANGE_CHANNEL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listen {
+    /// Not asked yet: asked before the first request.
+    NotYet,
+    /// `LISTEN` sent, its answer not read yet.
+    Sent,
+    /// Listening.
+    Active,
+    /// The server refused (a hot standby does): `[catalog] max_age_ms`
+    /// alone bounds how long a change goes unnoticed.
+    Refused,
+    /// The client may have run `UNLISTEN` or `DISCARD ALL`: asked again
+    /// once the session is idle.
+    Dropped,
 }
 
 /// How to decrypt the rows of the current result.
@@ -210,9 +249,31 @@ pub(super) struct State {
     /// last idle outside a transaction: the transaction's end may restore
     /// the old value, so it is not harmless to pipeline behind.
     pub(super) settings_changed_in_txn: bool,
+    /// pgveil's `LISTEN` on this connection.
+    pub(super) listen: Listen,
+    /// The last ReadyForQuery said idle (no transaction block).
+    pub(super) idle: bool,
 }
 
 impl State {
+    /// pgveil should send its `LISTEN` before the next request: never
+    /// asked, or dropped by the client, and nothing in flight that could
+    /// leave it inside a transaction block.
+    /// The client may have dropped pgveil's `LISTEN` (see
+    /// [`super::watch::drops_listen`]).
+    pub(super) fn note_listen_dropped(&mut self) {
+        if self.listen != Listen::Refused {
+            self.listen = Listen::Dropped;
+        }
+    }
+
+    pub(super) fn wants_listen(&self) -> bool {
+        matches!(self.listen, Listen::NotYet | Listen::Dropped)
+            && self.idle
+            && self.pending.is_empty()
+            && !self.ext.in_batch
+    }
+
     /// This session's own catalog, when a transaction that ran DDL is open
     /// (`Some(None)`: it must be loaded); `None`: the shared one applies.
     fn own_catalog(&self) -> Option<Option<Arc<Catalog>>> {
@@ -275,6 +336,8 @@ impl Veil {
                 cursors: std::collections::HashSet::new(),
                 path_changed: false,
                 settings_changed_in_txn: false,
+                listen: Listen::NotYet,
+                idle: true,
             }),
         }
     }
@@ -315,21 +378,29 @@ impl Veil {
 
     /// The catalog this session's next statement is judged against: its
     /// own inside a transaction that ran DDL, else the shared one.
+    /// One older than `[catalog] max_age_ms` counts as absent, unless
+    /// the session is inside an unsynced batch, where none can be loaded.
     pub(super) fn cached_catalog(&self) -> Option<Arc<Catalog>> {
-        let (own, path_changed) = {
+        let (own, path_changed, age) = {
             let mut st = self.state();
-            (st.own_catalog(), std::mem::take(&mut st.path_changed))
+            let age = if st.ext.in_batch {
+                Age::Any
+            } else {
+                Age::Fresh
+            };
+            (st.own_catalog(), std::mem::take(&mut st.path_changed), age)
         };
         if path_changed {
             self.make_key_private();
         }
-        own.unwrap_or_else(|| self.shared.catalog_cached(&self.key()))
+        own.unwrap_or_else(|| self.shared.catalog_cached(&self.key(), age))
     }
 
-    /// [`Veil::cached_catalog`] for a caller that holds the state lock.
+    /// [`Veil::cached_catalog`] for a caller that holds the state lock
+    /// (reading results of statements already judged: any age will do).
     pub(super) fn cached_catalog_locked(&self, st: &State) -> Option<Arc<Catalog>> {
         st.own_catalog()
-            .unwrap_or_else(|| self.shared.catalog_cached(&self.key()))
+            .unwrap_or_else(|| self.shared.catalog_cached(&self.key(), Age::Any))
     }
 
     /// Keeps a catalog just loaded (the load started at `epoch`); `false`

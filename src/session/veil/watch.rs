@@ -31,6 +31,15 @@ pub(super) fn changes_settings(lower: &str) -> bool {
             .any(|w| w == "reset" || w == "discard")
 }
 
+/// Whether a statement (lower-cased) may stop pgveil's `LISTEN` on the
+/// connection: `UNLISTEN` (`*` drops every channel) or `DISCARD ALL`.
+pub(super) fn drops_listen(lower: &str) -> bool {
+    (lower.contains("unlisten") || lower.contains("discard"))
+        && lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "unlisten" || w == "discard")
+}
+
 /// Whether a statement may change the session's `search_path` (then the
 /// session gets a catalog of its own, loaded after the change).
 pub(super) fn may_change_path(lower: &str) -> bool {
@@ -114,6 +123,14 @@ pub(super) fn pipelined_text_refusal(st: &State, text: &str) -> Option<Refusal> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlisten_and_discard_drop_the_listen() {
+        assert!(super::drops_listen("unlisten *"));
+        assert!(super::drops_listen("select 1; discard all"));
+        assert!(!super::drops_listen("listen pgveil_catalog"));
+        assert!(!super::drops_listen("select unlistened from t"));
+    }
 
     #[test]
     fn settings_changes_are_seen_however_spelled() {

@@ -3,7 +3,7 @@
 //! them when its ReadyForQuery arrives.
 
 use crate::protocol::messages::data_row;
-use crate::session::veil::state::{Pending, State};
+use crate::session::veil::state::{Listen, Pending, State};
 
 /// Takes a frame answering the catalog query at the front of the FIFO;
 /// `false` when there is none, or for ParameterStatus, NoticeResponse and
@@ -32,6 +32,13 @@ pub(super) fn consume(st: &mut State, frame: &[u8]) -> bool {
         }
         b'Z' => {
             if let Some(Pending::Catalog(mut load)) = st.pending.pop_front() {
+                if load.listen {
+                    st.listen = if load.error.is_none() {
+                        Listen::Active
+                    } else {
+                        Listen::Refused
+                    };
+                }
                 let result = match load.error.take() {
                     Some(e) => Err(e),
                     None => Ok(std::mem::take(&mut load.results)),

@@ -14,13 +14,15 @@
 //! - [`parameter_description`], [`row_description`], [`data_row`],
 //!   [`command_complete`]: the answers to Describe, Execute and Query;
 //! - [`copy`]: CopyInResponse, CopyOutResponse and the server's CopyData;
-//! - [`error_response`], [`ready_for_query`], [`parameter_status`].
+//! - [`error_response`], [`ready_for_query`], [`parameter_status`];
+//! - [`notification`]: pgveil's schema change notifications, consumed.
 
 mod catalog_load;
 mod command_complete;
 mod copy;
 mod data_row;
 mod error_response;
+mod notification;
 mod parameter_description;
 mod parameter_status;
 mod ready_for_query;
@@ -63,6 +65,7 @@ impl Inspect {
             || matches!(
                 tag,
                 b'Z' | b'T'
+                    | b'A'
                     | b'C'
                     | b'I'
                     | b'E'
@@ -95,7 +98,8 @@ pub(super) fn on_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>,
         b'H' => Some(copy::on_copy_out_response(veil, st, frame)),
         b'd' | b'c' if st.copy_out.is_some() => copy::on_copy_out_data(veil, st, &frame),
         b'S' => Some(parameter_status::on_status(st, frame)),
-        b'N' | b'A' => Some(frame),
+        b'A' => notification::on_notification(veil, frame),
+        b'N' => Some(frame),
         b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'D' | b'C' | b'I' | b's'
             if matches!(st.pending.front(), Some(Pending::Step(_))) =>
         {

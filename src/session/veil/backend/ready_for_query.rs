@@ -57,6 +57,7 @@ pub(super) fn on_ready(veil: &Veil, st: &mut State, frame: BytesMut) -> BytesMut
     st.decoder = None;
     st.discard_until_ready = false;
     let idle = frame.get(5) == Some(&b'I');
+    st.idle = idle;
     if idle && st.pending.iter().all(|p| matches!(p, Pending::Catalog(_))) {
         st.settings_changed_in_txn = false;
     }
