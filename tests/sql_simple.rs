@@ -518,6 +518,19 @@ async fn guard_constraints_reject_plaintext_written_around_pgveil() {
         String::from_utf8_lossy(&out.stderr)
     );
     let d = direct_db(pg, &db).await;
+    let triggers = d
+        .query(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgveil_catalog_changed' \
+             AND evtevent = 'ddl_command_end' AND evtenabled = 'O'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        triggers[0].get::<_, i64>(0),
+        1,
+        "guard installs the event trigger"
+    );
     let err = d
         .simple_query("INSERT INTO customers (id, email) VALUES (1, 'plain@example.com')")
         .await

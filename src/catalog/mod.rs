@@ -149,6 +149,34 @@ pub enum CatalogError {
 /// (not of temporary objects), and every session of pgveil listens on it.
 pub const CHANGE_CHANNEL: &str = "pgveil_catalog";
 
+/// The event trigger's name.
+pub const CHANGE_TRIGGER: &str = "pgveil_catalog_changed";
+
+/// The event trigger, as one transaction: a function that notifies
+/// [`CHANGE_CHANNEL`] (delivered at commit, dropped on rollback, once per
+/// transaction) unless every command it reports concerns temporary
+/// objects, which no other session sees.
+pub fn event_trigger_sql() -> String {
+    format!(
+        "BEGIN;\n\
+         CREATE SCHEMA IF NOT EXISTS pgveil;\n\
+         CREATE OR REPLACE FUNCTION pgveil.notify_catalog_change() RETURNS event_trigger\n\
+         LANGUAGE plpgsql SET search_path = pg_catalog AS $pgveil$\n\
+         BEGIN\n\
+         \x20 IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c\n\
+         \x20            WHERE c.schema_name IS NULL OR NOT (c.schema_name = 'pg_temp'\n\
+         \x20              OR c.schema_name LIKE 'pg\\_temp\\_%'))\n\
+         \x20    OR NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands()) THEN\n\
+         \x20   PERFORM pg_catalog.pg_notify('{CHANGE_CHANNEL}', '');\n\
+         \x20 END IF;\n\
+         END $pgveil$;\n\
+         DROP EVENT TRIGGER IF EXISTS {CHANGE_TRIGGER};\n\
+         CREATE EVENT TRIGGER {CHANGE_TRIGGER} ON ddl_command_end\n\
+         \x20 EXECUTE FUNCTION pgveil.notify_catalog_change();\n\
+         COMMIT;"
+    )
+}
+
 /// Configured table names, for the fast-path scan and the load query.
 pub fn configured_tables(config: &Config) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = config

@@ -9,12 +9,9 @@
 //! instead of within `[catalog] max_age_ms`.
 
 use anyhow::Context;
+use pgveil::catalog::{CHANGE_CHANNEL, CHANGE_TRIGGER};
 use pgveil::config::{Config, Storage};
-use pgveil::catalog::CHANGE_CHANNEL;
 use pgveil::crypto::envelope::TEXT_PREFIX;
-
-/// The event trigger's name.
-const TRIGGER: &str = "pgveil_catalog_changed";
 
 /// Smallest envelope: format byte, key version (2 bytes), SIV tag (16).
 const MIN_ENVELOPE: usize = 19;
@@ -58,31 +55,6 @@ pub fn statements(
         .collect()
 }
 
-/// The event trigger, as one transaction: a function that notifies
-/// [`CHANGE_CHANNEL`] (delivered at commit, dropped on rollback, once per
-/// transaction) unless every command it reports concerns temporary
-/// objects, which no other session sees.
-pub fn event_trigger() -> String {
-    format!(
-        "BEGIN;\n\
-         CREATE SCHEMA IF NOT EXISTS pgveil;\n\
-         CREATE OR REPLACE FUNCTION pgveil.notify_catalog_change() RETURNS event_trigger\n\
-         LANGUAGE plpgsql SET search_path = pg_catalog AS $pgveil$\n\
-         BEGIN\n\
-         \x20 IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() c\n\
-         \x20            WHERE c.schema_name IS NULL OR NOT (c.schema_name = 'pg_temp'\n\
-         \x20              OR c.schema_name LIKE 'pg\\_temp\\_%'))\n\
-         \x20    OR NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands()) THEN\n\
-         \x20   PERFORM pg_catalog.pg_notify('{CHANGE_CHANNEL}', '');\n\
-         \x20 END IF;\n\
-         END $pgveil$;\n\
-         DROP EVENT TRIGGER IF EXISTS {TRIGGER};\n\
-         CREATE EVENT TRIGGER {TRIGGER} ON ddl_command_end\n\
-         \x20 EXECUTE FUNCTION pgveil.notify_catalog_change();\n\
-         COMMIT;"
-    )
-}
-
 /// Prints the constraints, or applies them through `database_url`.
 pub fn guard(config: &Config, storage: Option<Storage>, apply: Option<&str>) -> anyhow::Result<()> {
     if config.encrypt.is_empty() {
@@ -101,7 +73,7 @@ pub fn guard(config: &Config, storage: Option<Storage>, apply: Option<&str>) -> 
             println!("{s};");
         }
         println!("-- Schema changes made outside this pgveil are notified to it (superuser):");
-        println!("{}", event_trigger());
+        println!("{}", pgveil::catalog::event_trigger_sql());
         return Ok(());
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -148,10 +120,10 @@ pub fn guard(config: &Config, storage: Option<Storage>, apply: Option<&str>) -> 
                 .with_context(|| format!("applying: {s}"))?;
             println!("applied: {s}");
         }
-        client.batch_execute(&event_trigger()).await.context(
+        client.batch_execute(&pgveil::catalog::event_trigger_sql()).await.context(
             "installing the schema change event trigger (CREATE EVENT TRIGGER needs a superuser)",
         )?;
-        println!("applied: event trigger {TRIGGER} (notifies {CHANGE_CHANNEL} at DDL commits)");
+        println!("applied: event trigger {CHANGE_TRIGGER} (notifies {CHANGE_CHANNEL} at DDL commits)");
         Ok(())
     })
 }

@@ -9,6 +9,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod coherence;
 pub mod pgdate;
 pub mod raw;
 pub mod tls;

@@ -32,7 +32,9 @@ pub(super) fn consume(st: &mut State, frame: &[u8]) -> bool {
         }
         b'Z' => {
             if let Some(Pending::Catalog(mut load)) = st.pending.pop_front() {
-                if load.listen {
+                // A statement queued behind the LISTEN may have dropped it
+                // again (`Dropped` stays).
+                if load.listen && st.listen == Listen::Sent {
                     st.listen = if load.error.is_none() {
                         Listen::Active
                     } else {
