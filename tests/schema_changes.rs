@@ -25,7 +25,8 @@ fn metrics_section() -> String {
 /// Direct DDL is notified: a view, a child and a dropped column created
 /// by another connection are known before the next statement, although
 /// the catalog never ages out (`max_age_ms = 0`). Also after the client
-/// ran `UNLISTEN *` and `DISCARD ALL`: pgveil listens again.
+/// ran `UNLISTEN *` and `DISCARD ALL`: pgveil listens again. And when no
+/// session was open to hear it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_ddl_is_notified() {
     let pg = support::cluster();
@@ -109,7 +110,22 @@ async fn direct_ddl_is_notified() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(support::metric(port, NOTIFIED).await, 2.0);
+
+    // DDL while no session of the database is open (so nobody listens):
+    // the next session does not trust what the last one cached.
     drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    direct
+        .batch_execute("CREATE VIEW public.dv2 AS SELECT id, full_name FROM sales.people")
+        .await
+        .unwrap();
+    let c = support::connect(&through).await;
+    let rows = c
+        .query("SELECT full_name FROM public.dv2 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), marker(1), "read decrypted");
+    drop(c);
     proxy.stop().await;
 }
 

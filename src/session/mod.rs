@@ -348,8 +348,34 @@ pub(crate) async fn report_malformed(
         "pgveil: invalid message from the database server".to_string()
     };
     let msg = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, message);
-    let _ = write_flush(client, &msg.to_bytes()).await;
+    send_fatal(client, &msg).await;
     SessionError::Protocol(e.to_string())
+}
+
+/// How long a session being ended keeps reading what the client is still
+/// sending.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends a FATAL and lets the client read it: a client in the middle of
+/// sending a large message reads nothing until it has sent it all, and
+/// closing a socket with unread input makes the kernel reset the
+/// connection, discarding the FATAL unread. So what the client still sends
+/// is read and dropped, until it closes (as drivers do on a FATAL) or
+/// [`DRAIN_FOR`] has passed.
+pub(crate) async fn send_fatal(client: &mut Stream, msg: &ErrorResponse) {
+    use tokio::io::AsyncReadExt;
+    if write_flush(client, &msg.to_bytes()).await.is_err() {
+        return;
+    }
+    let mut scratch = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n) = client.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
 }
 
 /// Reads more bytes into a pump's buffer; `false` at end of stream.

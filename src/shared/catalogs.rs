@@ -24,6 +24,9 @@ struct Entry {
     loaded: Instant,
     /// Something changed since it was loaded, or may have.
     stale: bool,
+    /// A session is re-reading it because it aged out, since then: the
+    /// others go on with it meanwhile, instead of all re-reading at once.
+    refreshing: Option<Instant>,
 }
 
 /// The cache with its counters.
@@ -35,6 +38,8 @@ pub(super) struct Catalogs {
     epoch: AtomicU64,
     /// `[catalog] max_age_ms` (0: no limit); follows SIGHUP.
     max_age_ms: AtomicU64,
+    /// Sessions listening for change notifications, by database.
+    listeners: Mutex<HashMap<String, usize>>,
 }
 
 /// How a lookup treats a catalog older than the maximum age.
@@ -55,6 +60,38 @@ impl Catalogs {
             generation: AtomicU64::new(1),
             epoch: AtomicU64::new(0),
             max_age_ms: AtomicU64::new(max_age_ms),
+            listeners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A session of `database` listens now.
+    pub(super) fn listener_added(&self, database: &str) {
+        if let Ok(mut map) = self.listeners.lock() {
+            *map.entry(database.to_string()).or_default() += 1;
+        }
+    }
+
+    /// A session of `database` stopped listening. When it was the last,
+    /// nothing reports changes any more: the database's catalogs are out
+    /// of date from now on (the next session reads them again, after its
+    /// own `LISTEN`).
+    pub(super) fn listener_removed(&self, database: &str) {
+        let last = match self.listeners.lock() {
+            Ok(mut map) => match map.get_mut(database) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    map.remove(database);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => true,
+        };
+        if last {
+            self.invalidate(database);
         }
     }
 
@@ -70,12 +107,20 @@ impl Catalogs {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// The catalog under `key`, unless it may be out of date. One that
+    /// aged out is `None` for one [`Age::Fresh`] caller, which re-reads
+    /// it; the others get it as it is until that load is stored (or has
+    /// taken as long as the maximum age, in case it failed).
     pub(super) fn get(&self, key: &CatalogKey, age: Age) -> Option<Arc<Catalog>> {
-        let map = self.entries.lock().ok()?;
-        let entry = map.get(key).filter(|e| !e.stale)?;
-        let max = self.max_age_ms.load(Ordering::Relaxed);
-        if age == Age::Fresh && max > 0 && entry.loaded.elapsed() > Duration::from_millis(max) {
-            return None;
+        let mut map = self.entries.lock().ok()?;
+        let entry = map.get_mut(key).filter(|e| !e.stale)?;
+        let max = Duration::from_millis(self.max_age_ms.load(Ordering::Relaxed));
+        if age == Age::Fresh && !max.is_zero() && entry.loaded.elapsed() > max {
+            let now = Instant::now();
+            if entry.refreshing.is_none_or(|since| now - since > max) {
+                entry.refreshing = Some(now);
+                return None;
+            }
         }
         Some(entry.catalog.clone())
     }
@@ -101,6 +146,7 @@ impl Catalogs {
                 catalog,
                 loaded: Instant::now(),
                 stale: false,
+                refreshing: None,
             },
         );
         true
@@ -159,12 +205,36 @@ mod tests {
     }
 
     #[test]
+    fn the_last_listener_leaving_makes_catalogs_stale() {
+        let c = Catalogs::new(0);
+        c.listener_added("a");
+        c.listener_added("a");
+        assert!(c.store(key("a"), Arc::new(Catalog::default()), c.epoch()));
+        c.listener_removed("a");
+        assert!(c.get(&key("a"), Age::Fresh).is_some());
+        c.listener_removed("a");
+        assert!(c.get(&key("a"), Age::Fresh).is_none());
+    }
+
+    #[test]
     fn aged_catalogs_serve_only_callers_that_cannot_load() {
         let c = Catalogs::new(1);
         assert!(c.store(key("a"), Arc::new(Catalog::default()), c.epoch()));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(c.get(&key("a"), Age::Fresh).is_none());
+        assert!(
+            c.get(&key("a"), Age::Fresh).is_none(),
+            "one caller re-reads it"
+        );
+        assert!(
+            c.get(&key("a"), Age::Fresh).is_some(),
+            "the others go on meanwhile"
+        );
         assert!(c.get(&key("a"), Age::Any).is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            c.get(&key("a"), Age::Fresh).is_none(),
+            "a load that never came is retried"
+        );
         c.set_max_age(0);
         assert!(c.get(&key("a"), Age::Fresh).is_some());
     }

@@ -238,6 +238,18 @@ impl Shared {
         self.catalogs.remove(key);
     }
 
+    /// A session of `database` listens for change notifications.
+    pub fn catalog_listener_added(&self, database: &str) {
+        self.catalogs.listener_added(database);
+    }
+
+    /// A session of `database` stopped listening (it ended, or the client
+    /// dropped the `LISTEN`); after the last one, its catalogs are read
+    /// again.
+    pub fn catalog_listener_removed(&self, database: &str) {
+        self.catalogs.listener_removed(database);
+    }
+
     /// Forgets every catalog (SIGHUP).
     pub fn invalidate_all_catalogs(&self) {
         self.catalogs.clear();

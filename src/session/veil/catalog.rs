@@ -23,15 +23,15 @@ const LISTEN: &str = "LISTEN pgveil_catalog";
 /// while it runs (the load may predate that DDL).
 const LOAD_ATTEMPTS: usize = 3;
 
-/// Catalog for this session's database, loading it if needed. `None` when
-/// it cannot be loaded (then statements needing analysis are refused).
+/// Loads the catalog for this session's database: the caller found none
+/// it may use in [`Veil::cached_catalog`] (which, for a catalog that aged
+/// out, answers `None` to one caller only: that one must load). `None`
+/// when it cannot be loaded (then statements needing analysis are
+/// refused).
 pub(super) async fn ensure_catalog<W: AsyncWrite + Unpin>(
     veil: &Veil,
     writer: &mut W,
 ) -> Option<Arc<Catalog>> {
-    if let Some(c) = veil.cached_catalog() {
-        return Some(c);
-    }
     if veil.state().ext.in_batch {
         // A Query inside an unsynced extended-protocol batch would run in
         // its implicit transaction, or be skipped after an error in it.

@@ -402,7 +402,7 @@ async fn on_parse<W: AsyncWrite + Unpin>(
         let changes = changes_settings(&lower);
         let mut st = veil.state();
         if super::watch::drops_listen(&lower) {
-            st.note_listen_dropped();
+            veil.listen_dropped(&mut st);
         }
         let pending = st.ext.settings_pending;
         if changes && !st.ext.skip_until_sync {

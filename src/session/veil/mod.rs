@@ -81,7 +81,7 @@ pub async fn run(
     let outcome = match outcome {
         Err(SessionError::Reload(message)) => {
             let msg = ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, message.clone());
-            let _ = super::write_flush(&mut client, &msg.to_bytes()).await;
+            super::send_fatal(&mut client, &msg).await;
             return Err(SessionError::Reload(message));
         }
         other => other?,
@@ -155,7 +155,9 @@ where
                     if !started {
                         // The first statement: learn the catalog first.
                         flush(writer, &mut out, &bytes_total).await?;
-                        catalog::ensure_catalog(veil, writer).await;
+                        if veil.cached_catalog().is_none() {
+                            catalog::ensure_catalog(veil, writer).await;
+                        }
                         started = true;
                     }
                     if copying && !matches!(frame[0], b'd' | b'c' | b'f' | b'S') {

@@ -86,7 +86,7 @@ pub(super) async fn on_query<W: AsyncWrite + Unpin>(
         let mut st = veil.state();
         st.next_changes_settings = changes_settings;
         if drops_listen(&lower) {
-            st.note_listen_dropped();
+            veil.listen_dropped(&mut st);
         }
     }
     let prepared = veil.state().prepared.clone();

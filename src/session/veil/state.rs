@@ -259,13 +259,6 @@ impl State {
     /// pgveil should send its `LISTEN` before the next request: never
     /// asked, or dropped by the client, and nothing in flight that could
     /// leave it inside a transaction block.
-    /// The client may have dropped pgveil's `LISTEN` (see
-    /// [`super::watch::drops_listen`]).
-    pub(super) fn note_listen_dropped(&mut self) {
-        if self.listen != Listen::Refused {
-            self.listen = Listen::Dropped;
-        }
-    }
 
     pub(super) fn wants_listen(&self) -> bool {
         matches!(self.listen, Listen::NotYet | Listen::Dropped)
@@ -368,8 +361,22 @@ impl Veil {
             (self.database.clone(), format!("{}#{suffix}", self.user));
     }
 
+    /// The client may have dropped pgveil's `LISTEN` (see
+    /// [`super::watch::drops_listen`]): asked again once idle.
+    pub(super) fn listen_dropped(&self, st: &mut State) {
+        if st.listen == Listen::Active {
+            self.shared.catalog_listener_removed(&self.database);
+        }
+        if st.listen != Listen::Refused {
+            st.listen = Listen::Dropped;
+        }
+    }
+
     /// The session ends: its private catalog, if any, goes with it.
     pub(super) fn release(&self) {
+        if self.state().listen == Listen::Active {
+            self.shared.catalog_listener_removed(&self.database);
+        }
         let key = self.key();
         if key.1.contains('#') {
             self.shared.forget_own_catalog(&key);

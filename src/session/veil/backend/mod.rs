@@ -31,7 +31,7 @@ mod steps;
 
 use bytes::BytesMut;
 
-use super::state::{Pending, State, Veil};
+use super::state::{Listen, Pending, State, Veil};
 use crate::session::SessionError;
 
 /// Which server messages the framer must hand over whole: what a handler
@@ -88,7 +88,11 @@ impl Inspect {
 pub(super) fn on_frame(veil: &Veil, frame: BytesMut) -> Result<Option<BytesMut>, SessionError> {
     let mut guard = veil.state();
     let st = &mut *guard;
+    let listening = st.listen;
     if catalog_load::consume(st, &frame) {
+        if st.listen == Listen::Active && listening != Listen::Active {
+            veil.shared.catalog_listener_added(&veil.database);
+        }
         return Ok(None);
     }
     Ok(match frame[0] {
