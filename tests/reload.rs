@@ -131,6 +131,12 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
         .await
         .unwrap();
 
+    // A session that will be sending a large message when it is ended.
+    let big = support::connect(&conn).await;
+    big.batch_execute("PREPARE big(int, bytea) AS INSERT INTO people (id, ssn) VALUES ($1, $2)")
+        .await
+        .unwrap();
+
     // Reload: people.ssn and notes.ssn become encrypted.
     std::fs::write(
         &path,
@@ -145,6 +151,17 @@ async fn sighup_adds_a_column_safely_and_rejects_an_invalid_file() {
     .unwrap();
     hup(&child);
     support::wait_for_metric(mport, "pgveil_config_reloads_total{result=\"ok\"} ", 1.0).await;
+
+    // A 32 MiB Query (more than the sockets buffer) from the session holding a prepared statement: pgveil
+    // ends it, reading the rest of the message so that the client, once it
+    // has sent it all, reads the FATAL instead of a connection reset.
+    let text = format!("SELECT '{}'", "x".repeat(32 << 20));
+    let err = big.simple_query(&text).await.unwrap_err();
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not pgveil's FATAL: {err:?}"));
+    assert_eq!(db.code(), &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
+    assert!(db.message().contains("reloaded"), "{}", db.message());
 
     // The session without prepared statements goes on.
     unnamed
