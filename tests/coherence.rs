@@ -376,6 +376,9 @@ async fn reused_prepared_names_follow_the_new_statement() {
         proxy.stop().await;
         return;
     }
+    // EXECUTE sent through Parse/Bind/Execute, then as a Query.
+    let m = marker(22);
+    let ext = c.query(&format!("EXECUTE p (22, '{m}')"), &[]).await;
     let m = marker(21);
     let _ = run(&c, &format!("EXECUTE p (21, '{m}')")).await;
     assert_no_marker(
@@ -384,6 +387,10 @@ async fn reused_prepared_names_follow_the_new_statement() {
         "EXECUTE after INHERIT",
     )
     .await;
+    assert!(
+        ext.is_err(),
+        "EXECUTE through Parse after INHERIT is refused"
+    );
     drop(c);
     proxy.stop().await;
 }

@@ -397,8 +397,8 @@ async fn on_parse<W: AsyncWrite + Unpin>(
     let prepared = veil.state().prepared.clone();
     let tainted = tainted_names(veil, parsed.query);
     let text = parsed.query;
+    let lower = text.to_ascii_lowercase();
     let settings_pending = {
-        let lower = text.to_ascii_lowercase();
         let changes = changes_settings(&lower);
         let mut st = veil.state();
         if super::watch::drops_listen(&lower) {
@@ -422,6 +422,10 @@ async fn on_parse<W: AsyncWrite + Unpin>(
                 "catalog",
             ),
         ));
+    }
+    // SQL `EXECUTE` sent through Parse: the same checks as in a Query.
+    if let Some(r) = super::query::unknown_execute(veil, text, &lower, catalog.as_ref()) {
+        return Ok(refuse_parse(veil, parsed.name, text, r));
     }
     if !scan::needs_analysis(text, &watched, &tainted) {
         shared

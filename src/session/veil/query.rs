@@ -359,7 +359,7 @@ fn prepared_names(text: &str) -> Vec<String> {
 /// pgveil: PostgreSQL would fail it and write the statement, arguments
 /// included, to its log; pgveil fails it in its place (SQLSTATE 26000, as
 /// PostgreSQL would) without sending the arguments.
-fn unknown_execute(
+pub(super) fn unknown_execute(
     veil: &Veil,
     text: &str,
     lower: &str,
