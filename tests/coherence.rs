@@ -11,9 +11,9 @@
 
 mod support;
 
+use support::PgCluster;
 use support::coherence::{assert_no_marker, assert_no_plaintext, is_child, marker, run, setup};
-use support::{PgCluster, Proxy};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 /// A view and a child dropped inside a transaction that rolls back (whole,
 /// or to a savepoint) are still there: writes through them are encrypted.

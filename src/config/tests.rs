@@ -28,8 +28,6 @@ fn domain_key_versions_follow_pins_and_lists() {
     assert!(Config::parse(&text("key_versions = [3]"), "t").is_err());
 }
 
-use super::*;
-
 const MINIMAL: &str =
     "[listen]\naddress = \"127.0.0.1:6432\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n";
 

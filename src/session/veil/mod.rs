@@ -23,6 +23,7 @@ mod catalog;
 mod copy;
 mod extended;
 mod parameters;
+mod parse;
 mod prepared;
 mod query;
 mod replan;

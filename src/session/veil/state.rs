@@ -259,7 +259,6 @@ impl State {
     /// pgveil should send its `LISTEN` before the next request: never
     /// asked, or dropped by the client, and nothing in flight that could
     /// leave it inside a transaction block.
-
     pub(super) fn wants_listen(&self) -> bool {
         matches!(self.listen, Listen::NotYet | Listen::Dropped)
             && self.idle
